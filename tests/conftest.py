@@ -1,0 +1,46 @@
+"""Shared fixtures: the golden vectors and a tiny tokenizer trained in well under a second."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VECTORS = REPO.parent / "shared" / "testdata" / "chat_template_vectors.jsonl"
+
+
+def load_vectors() -> list[dict[str, Any]]:
+    if not VECTORS.is_file():
+        raise FileNotFoundError(f"golden chat-template vectors not found at {VECTORS}")
+    return [json.loads(line) for line in VECTORS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def small_corpus() -> list[str]:
+    from cascade_rl.chat.template import render
+
+    texts = []
+    for a in range(20):
+        for b in range(20):
+            messages = [
+                {"role": "user", "content": f"What is {a} + {b}?"},
+                {
+                    "role": "assistant",
+                    "content": f"The answer is {a + b}.",
+                    "reasoning_content": f"{a} + {b} = {a + b}.",
+                },
+            ]
+            texts.append(render(messages))
+    for vector in load_vectors():
+        texts.append(vector["text"])
+    return texts
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from cascade_rl.model.load import prepare_tokenizer
+    from cascade_rl.model.tiny import train_tokenizer
+
+    return prepare_tokenizer(train_tokenizer(small_corpus(), vocab_size=600))
