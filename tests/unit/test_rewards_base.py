@@ -1,0 +1,82 @@
+"""Registry, spec validation, truncation and batch verification."""
+
+from __future__ import annotations
+
+import pytest
+
+from cascade_rl.rewards import RewardResult, SpecError, base, get_verifier, register, verify, verify_batch
+
+MIXED = [
+    ("\\boxed{12}<|im_end|>", {"type": "math", "answer": "12"}),
+    ("Answer: C<|im_end|>", {"type": "mcqa", "answer": "B"}),
+    ('{"a": 1}<|im_end|>', {"type": "json_schema", "schema": {"type": "object", "required": ["a"]}}),
+    ("no comma here<|im_end|>", {"type": "instruct", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}),
+    ("No tools needed.<|im_end|>", {"type": "tool_call", "expected": []}),
+    ("```python\nprint(int(input()) * 2)\n```<|im_end|>", {"type": "code", "cases": [{"input": "4", "output": "8"}]}),
+]
+MIXED_SCORES = [1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_builtin_types_are_registered():
+    for name in ("math", "mcqa", "instruct", "json_schema", "tool_call", "code"):
+        assert callable(get_verifier(name))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"type": "poetry"}, "unknown reward spec type 'poetry'; expected one of \\['code', "),
+        ({"answer": "1"}, "field 'type' must be a string"),
+        (["math"], "must be a mapping"),
+    ],
+)
+def test_malformed_specs(spec, message):
+    with pytest.raises(SpecError, match=message):
+        verify("x", spec)
+
+
+def test_spec_error_is_a_value_error():
+    assert issubclass(SpecError, ValueError)
+
+
+def test_reward_result_range():
+    with pytest.raises(ValueError, match="score must be in"):
+        RewardResult(1.5)
+
+
+def test_verifier_crash_scores_zero(monkeypatch):
+    class Boom:
+        def check_spec(self, spec):
+            pass
+
+        def __call__(self, completion, spec):
+            raise RuntimeError("bug")
+
+    monkeypatch.setitem(base._REGISTRY, "boom", Boom())
+    result = verify("x", {"type": "boom"})
+    assert (result.score, result.info["reason"]) == (0.0, "verifier_error")
+
+
+def test_register_rejects_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        register("math")(object)
+
+
+def test_verify_batch_in_process_matches_verify():
+    texts, specs = zip(*MIXED, strict=True)
+    results = verify_batch(texts, specs)
+    assert [r.score for r in results] == MIXED_SCORES
+    truncated = verify_batch(texts, specs, truncated=[True, False, False, False, False, True])
+    assert [r.score for r in truncated] == [0.0, 0.0, 1.0, 1.0, 1.0, 0.0]
+
+
+def test_verify_batch_across_processes_keeps_order():
+    texts, specs = zip(*(MIXED * 4), strict=True)
+    assert [r.score for r in verify_batch(texts, specs, workers=2)] == MIXED_SCORES * 4
+
+
+def test_verify_batch_validates_before_work():
+    with pytest.raises(SpecError, match="unknown reward spec type"):
+        verify_batch(["a", "b"], [{"type": "math", "answer": "1"}, {"type": "nope"}], workers=2)
+    with pytest.raises(ValueError, match="same length"):
+        verify_batch(["a"], [])
