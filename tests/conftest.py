@@ -7,6 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+
+# Tiny models gain nothing from intra-op threads, and reward workers / sandboxes run beside the
+# trainer: one thread avoids oversubscribing a 2-core machine (which can slow torch down 10x+).
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO.parent / "shared" / "testdata" / "chat_template_vectors.jsonl"

@@ -19,6 +19,7 @@ from typing import Any
 
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 EMPTY_THINK = "<think></think>"
+TOOLS_HEADER = "# Tools\n\nYou have access to the following functions:\n\n<tools>"
 
 TOOL_INSTRUCTIONS = (
     "\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:\n\n"
@@ -115,7 +116,7 @@ def render_system(system: str, tools: Sequence[Mapping[str, Any]] | None) -> str
     if tools:
         if system:
             out += "\n\n"
-        out += "# Tools\n\nYou have access to the following functions:\n\n<tools>"
+        out += TOOLS_HEADER
         out += "".join(_render_tool(tool) for tool in tools)
         out += "\n</tools>" + TOOL_INSTRUCTIONS
     return out + f"{IM_END}\n"

@@ -13,14 +13,28 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerFast
+
+from cascade_rl.chat.template import TOOL_INSTRUCTIONS, TOOLS_HEADER
 
 PAD = "<|pad|>"
 # Control tokens are "special" (skipped by decode(skip_special_tokens=True)); the format tags are
 # plain added tokens so a decoded completion keeps its <think> / <tool_call> structure.
 CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", PAD)
 FORMAT_TOKENS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+# The chat format's fixed tool-use boilerplate (~250 word pieces) as single tokens: a tiny model then
+# spends its compute on the task instead of on re-reading the same instructions in every tool prompt.
+# The XML tags of tool listings and calls likewise (each would otherwise be three word pieces).
+_TAGS = ("function", "name", "description", "parameters", "parameter", "type", "required", "tools")
+BOILERPLATE_TOKENS = (
+    TOOLS_HEADER,
+    TOOL_INSTRUCTIONS,
+    "<function=",
+    "<parameter=",
+    *(f"<{t}>" for t in _TAGS),
+    *(f"</{t}>" for t in _TAGS),
+)
 
 TINY_FAMILIES = ("qwen3", "qwen3_moe", "nemotron_h")
 
@@ -80,11 +94,13 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> PreTrained
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[*CONTROL_TOKENS, *FORMAT_TOKENS],
+        special_tokens=[*CONTROL_TOKENS, *FORMAT_TOKENS, *BOILERPLATE_TOKENS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer=trainer)
+    # Re-register the format tokens as ordinary added tokens: decode(skip_special_tokens=True) keeps them.
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in (*FORMAT_TOKENS, *BOILERPLATE_TOKENS)])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",

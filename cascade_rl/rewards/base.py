@@ -114,8 +114,11 @@ def check_spec(spec: Any) -> Verifier:
     return verifier
 
 
-def verify(text: str, spec: Mapping[str, Any], *, truncated: bool = False) -> RewardResult:
+def verify(text: str, spec: Mapping[str, Any], *, truncated: bool = False, thinking: bool = False) -> RewardResult:
     """Score one raw assistant completion (may contain ``<think>`` and a final ``<|im_end|>``).
+
+    ``thinking`` means the generation prompt already opened ``<think>``: text the model never
+    closed stays reasoning, so it can never be mistaken for (or rewarded as) the answer.
 
     ``truncated`` means generation hit the length limit: score 0 (``info["reason"] ==
     "truncated"``) unless the spec sets ``score_truncated``. Raises ``SpecError`` for a malformed
@@ -125,7 +128,7 @@ def verify(text: str, spec: Mapping[str, Any], *, truncated: bool = False) -> Re
     verifier = check_spec(spec)
     if truncated and not spec.get("score_truncated"):
         return RewardResult(0.0, {"reason": "truncated"})
-    parsed = parse_completion(text)
+    parsed = parse_completion(text, thinking=thinking)
     try:
         result = verifier(parsed, spec)
     except SpecError:
@@ -138,8 +141,8 @@ def verify(text: str, spec: Mapping[str, Any], *, truncated: bool = False) -> Re
     return result
 
 
-def _verify_chunk(items: list[tuple[str, Mapping[str, Any], bool]]) -> list[RewardResult]:
-    return [verify(text, spec, truncated=trunc) for text, spec, trunc in items]
+def _verify_chunk(items: list[tuple[str, Mapping[str, Any], bool, bool]]) -> list[RewardResult]:
+    return [verify(text, spec, truncated=trunc, thinking=think) for text, spec, trunc, think in items]
 
 
 _pools: dict[int, ProcessPoolExecutor] = {}
@@ -173,6 +176,7 @@ def verify_batch(
     truncated: Sequence[bool] | None = None,
     *,
     workers: int = 0,
+    thinking: bool = False,
 ) -> list[RewardResult]:
     """``verify`` over a batch, in order. ``workers > 0`` spreads it over that many processes.
 
@@ -184,7 +188,7 @@ def verify_batch(
     for spec in specs:
         check_spec(spec)
     flags = list(truncated) if truncated is not None else [False] * len(texts)
-    items = list(zip(texts, specs, flags, strict=True))
+    items = [(t, s, f, thinking) for t, s, f in zip(texts, specs, flags, strict=True)]
     if workers <= 0 or len(items) <= 1:
         return _verify_chunk(items)
     # Small chunks: code specs vary from milliseconds to seconds, so balance dynamically.

@@ -1,0 +1,225 @@
+"""Recipes: immutable, validated configuration loaded from YAML with ``key.sub=value`` overrides.
+
+Every model is frozen and forbids unknown fields, so a typo in a recipe is an error that names the
+field path, not a silently ignored setting. The resolved recipe is written into every run folder.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A recipe that does not validate; the message names the file, the field path and the problem."""
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelConfig(Frozen):
+    spec: str = Field(
+        "tiny:qwen3", description="tiny:<qwen3|qwen3_moe|nemotron_h>, smollm2, a .gguf file or an HF folder"
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="auto: bf16 on a capable GPU, else fp32")
+    seed: int = Field(0, description="initialisation seed of tiny models")
+    vocab_size: int = Field(1024, description="BPE vocabulary of the locally trained tokenizer (tiny specs only)")
+    tiny: dict[str, Any] = Field(default_factory=dict, description="config overrides for tiny specs, e.g. hidden_size")
+
+
+class OptimConfig(Frozen):
+    lr: float = Field(5e-5, gt=0, description="peak learning rate")
+    min_lr: float | None = Field(None, ge=0, description="cosine floor; None = constant lr after warm-up")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps from warmup_start_lr")
+    warmup_start_lr: float = Field(0.0, ge=0, description="lr at step 0 of the warm-up")
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
+    freeze: list[str] = Field(
+        default_factory=list, description="regexes of parameter names kept frozen, e.g. MoE routers"
+    )
+
+
+class DataConfig(Frozen):
+    """One source of chat records (SFT) or prompts (RL / eval): a file or a procedural task."""
+
+    path: str | None = Field(None, description="JSONL / parquet file")
+    task: str | None = Field(None, description="procedural domain: math, instruct, mcqa, tool_call, json_schema, code")
+    n: int = Field(1000, ge=1, description="problems generated from a task")
+    difficulty: int = Field(0, ge=0)
+    thinking: Literal["both", "on", "off"] = Field("both", description="which SFT variants a task yields")
+    weight: float = Field(1.0, ge=0, description="epochs (blend=epochs) or share (blend=ratio)")
+    domain: str | None = Field(None, description="domain label for records of a file without one")
+    on_error: Literal["raise", "skip"] = "raise"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.path is None) == (self.task is None):
+            raise ValueError("give exactly one of 'path' or 'task'")
+        return self
+
+
+class SFTStage(Frozen):
+    type: Literal["sft"] = "sft"
+    name: str = "sft"
+    data: list[DataConfig]
+    blend: Literal["epochs", "ratio"] = "epochs"
+    pack_length: int = Field(4096, ge=16, description="tokens per packed sequence (256K in the published run)")
+    packs_per_step: int = Field(8, ge=1, description="packed sequences per optimizer step (global batch)")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps (None: epochs decide)")
+    length_policy: Literal["truncate", "drop", "error"] = "truncate"
+    last_turn_only: bool = False
+    optim: OptimConfig = OptimConfig()
+    save_every: int = Field(50, ge=1, description="checkpoint every N steps")
+    seed: int = 0
+
+
+class RLStage(Frozen):
+    """One RL stage of the cascade (GRPO); MOPD is the same loop with another advantage function."""
+
+    type: Literal["rl"] = "rl"
+    name: str = "rl"
+    prompts: list[DataConfig]
+    steps: int = Field(100, ge=1)
+    prompts_per_step: int = Field(16, ge=1, description="128 in the published run")
+    group_size: int = Field(8, ge=1, description="rollouts per prompt (16 published)")
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="0 disables top-k")
+    thinking: bool = Field(False, description="thinking-mode generation prompt")
+    advantage: str = Field("grpo", description="advantage registry name: grpo, grpo_no_std, mopd")
+    kl_coef: float = Field(0.0, ge=0, description="k3 KL to the stage's initial policy (0.03 for RLHF)")
+    icepop: tuple[float, float] | None = Field((0.5, 2.0), description="drop tokens with pi_train/pi_inf outside")
+    dynamic_filtering: bool = Field(True, description="drop groups whose rewards are all equal")
+    max_sampling_rounds: int = Field(4, ge=1, description="extra generation rounds to refill a filtered batch")
+    overlong_filtering: bool = Field(True, description="exclude truncated responses from the loss")
+    optim: OptimConfig = OptimConfig(lr=3e-6, betas=(0.9, 0.999), weight_decay=0.0)
+    save_every: int = Field(25, ge=1)
+    seed: int = 0
+
+
+class MOPDStage(RLStage):
+    """Multi-domain on-policy distillation: per-token advantage log pi_teacher - log pi_train."""
+
+    type: Literal["mopd"] = "mopd"  # type: ignore[assignment]
+    name: str = "mopd"
+    advantage: str = "mopd"
+    group_size: int = 4
+    dynamic_filtering: bool = False
+    teachers: dict[str, str] = Field(default_factory=dict, description="domain -> checkpoint; empty: from the ledger")
+    default_teacher: str | None = Field(None, description="teacher for domains without one; None: best overall")
+    reduction: Literal["seq_mean", "token_mean"] = "seq_mean"
+    reward_weight: float = Field(0.0, ge=0, description="weight of the GRPO reward advantage mixed in (0 published)")
+    teachers_on_demand: bool = Field(False, description="load one teacher at a time (memory: the largest teacher)")
+
+
+Stage = Annotated[SFTStage | RLStage | MOPDStage, Field(discriminator="type")]
+STAGE_TYPES = ("sft", "rl", "mopd")
+
+
+class EvalConfig(Frozen):
+    domains: list[DataConfig] = Field(default_factory=list, description="held-out sets; tasks use their eval split")
+    samples: int = Field(4, ge=1, description="samples per prompt (avg@k, pass@k)")
+    max_new_tokens: int = Field(128, ge=1)
+    temperature: float = Field(1.0, ge=0, description="0 = greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    thinking: list[bool] = Field(default_factory=lambda: [False], description="thinking modes to evaluate")
+    batch_size: int = Field(64, ge=1, description="sequences generated together")
+    seed: int = 1234
+
+
+class PipelineConfig(Frozen):
+    name: str = "cascade"
+    output_dir: str = "runs/cascade"
+    model: ModelConfig = ModelConfig()
+    stages: list[Stage]
+    eval: EvalConfig = EvalConfig()
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> PipelineConfig:
+        names = [s.name for s in self.stages]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"stage names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.0.c`` in nested dicts/lists; list items are addressed by index or by ``name``."""
+    keys = dotted.split(".")
+    node: Any = tree
+    for i, key in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            # stages are addressed by name; a stage without one is named after its type (the default)
+            index = (
+                int(key)
+                if key.isdigit()
+                else next((j for j, s in enumerate(node) if (s.get("name") or s.get("type")) == key), None)
+            )
+            if index is None or index >= len(node):
+                raise ConfigError(f"override {dotted!r}: no list item {key!r} at {'.'.join(keys[:i]) or 'top'}")
+            if last:
+                node[index] = value
+            node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise ConfigError(f"override {dotted!r}: {'.'.join(keys[:i])} is not a mapping or list")
+
+
+def _format_error(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        # drop the union tag pydantic inserts after a stage index (stages.0.sft.lr -> stages.0.lr),
+        # so the path can be pasted back as an override
+        loc = [
+            p for i, p in enumerate(err["loc"]) if not (i >= 2 and err["loc"][i - 2] == "stages" and p in STAGE_TYPES)
+        ]
+        path = ".".join(str(p) for p in loc) or "(top)"
+        lines.append(f"{source}: {path}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(
+    source: str | Path | dict[str, Any], overrides: list[str] | tuple[str, ...] = (), cls: type[Frozen] = PipelineConfig
+) -> Any:
+    """Validate a recipe (YAML path or dict) after applying ``key.sub=value`` overrides (YAML-typed values)."""
+    if isinstance(source, dict):
+        tree, name = copy.deepcopy(source), "recipe"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        name = str(path)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(name, exc)) from None
+
+
+def dump_config(config: Frozen, path: Path) -> None:
+    """Write the resolved recipe (every default made explicit) so a run can be reproduced from its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,131 @@
+"""The stage-by-domain ledger: every domain's held-out score after every stage.
+
+One row per stage (plus the base model), one column per domain and thinking mode. It records the
+best checkpoint of every domain so far (MOPD's teachers) and flags forgetting: a domain whose
+score drops after a later stage.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORGETTING_TOLERANCE = 0.02  # drops smaller than this are evaluation noise, not forgetting
+
+
+@dataclass
+class LedgerRow:
+    stage: str
+    checkpoint: str
+    scores: dict[str, float]
+    counts: dict[str, int] = field(default_factory=dict)  # prompts x samples behind each score
+    wall_time: float = 0.0
+
+
+@dataclass
+class Ledger:
+    rows: list[LedgerRow] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for row in self.rows:
+            seen.update(dict.fromkeys(row.scores))
+        return list(seen)
+
+    def has(self, stage: str) -> bool:
+        return any(r.stage == stage for r in self.rows)
+
+    def add(self, row: LedgerRow) -> None:
+        self.rows = [r for r in self.rows if r.stage != row.stage] + [row]
+
+    def best(self) -> dict[str, LedgerRow]:
+        """Per column, the row with the highest score (ties: the earlier stage, which reached it first)."""
+        out: dict[str, LedgerRow] = {}
+        for column in self.columns:
+            for row in self.rows:
+                if column in row.scores and (column not in out or row.scores[column] > out[column].scores[column]):
+                    out[column] = row
+        return out
+
+    def forgetting(self) -> list[tuple[str, str, str, float]]:
+        """(column, best stage so far, later stage, drop) for every drop beyond noise."""
+        events = []
+        for column in self.columns:
+            best_stage, best = None, None
+            for row in self.rows:
+                score = row.scores.get(column)
+                if score is None:
+                    continue
+                if best is not None and best - score > FORGETTING_TOLERANCE:
+                    events.append((column, best_stage or "", row.stage, best - score))
+                if best is None or score > best:
+                    best_stage, best = row.stage, score
+        return events
+
+    def to_markdown(self) -> str:
+        cols = self.columns
+        best = self.best()
+        head = "| stage | " + " | ".join(cols) + " |"
+        sep = "|---|" + "---:|" * len(cols)
+        lines = [head, sep]
+        for row in self.rows:
+            cells = []
+            for c in cols:
+                if c not in row.scores:
+                    cells.append("")
+                    continue
+                text = f"{row.scores[c]:.3f}"
+                cells.append(f"**{text}**" if best.get(c) is row else text)
+            lines.append(f"| {row.stage} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("Bold: best checkpoint of the domain so far (MOPD teacher candidate).")
+        drops = self.forgetting()
+        if drops:
+            lines.append("Forgetting: " + "; ".join(f"{c} {a} -> {b} (-{d:.3f})" for c, a, b, d in drops))
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rows": [vars(r) for r in self.rows],
+            "best": {c: r.stage for c, r in self.best().items()},
+            "forgetting": [{"column": c, "from": a, "to": b, "drop": d} for c, a, b, d in self.forgetting()],
+        }
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "ledger.json.tmp"
+        tmp.write_text(json.dumps(self.to_json(), indent=2))
+        tmp.replace(folder / "ledger.json")
+        (folder / "ledger.md").write_text(self.to_markdown() + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> Ledger:
+        path = folder / "ledger.json"
+        if not path.is_file():
+            return cls()
+        data = json.loads(path.read_text())
+        return cls([LedgerRow(**r) for r in data["rows"]])
+
+
+def choose_teachers(
+    ledger: Ledger, domains: list[str], thinking: bool, explicit: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Per domain, the checkpoint with the best held-out score in the ledger; explicit paths win."""
+    from cascade_rl.eval.runner import column
+
+    best = ledger.best()
+    chosen = dict(explicit or {})
+    for domain in domains:
+        if domain in chosen:
+            continue
+        row = best.get(column(domain, thinking))
+        if row is None:
+            raise KeyError(
+                f"no ledger score for domain {domain!r} ({'think' if thinking else 'direct'}) to pick a teacher"
+            )
+        chosen[domain] = row.checkpoint
+    return chosen

@@ -1,0 +1,67 @@
+"""The stage x domain ledger: best checkpoint per domain, forgetting, teacher choice, persistence."""
+
+from __future__ import annotations
+
+import pytest
+
+from cascade_rl.eval.ledger import Ledger, LedgerRow, choose_teachers
+from cascade_rl.eval.runner import pass_at_k
+
+
+def _ledger() -> Ledger:
+    ledger = Ledger()
+    ledger.add(LedgerRow("base", "ckpt/base", {"a:direct": 0.0, "b:direct": 0.0}))
+    ledger.add(LedgerRow("sft", "ckpt/sft", {"a:direct": 0.30, "b:direct": 0.78}))
+    ledger.add(LedgerRow("rl_a", "ckpt/rl_a", {"a:direct": 0.47, "b:direct": 0.776}))
+    ledger.add(LedgerRow("rl_b", "ckpt/rl_b", {"a:direct": 0.10, "b:direct": 0.85}))
+    return ledger
+
+
+def test_best_checkpoint_per_domain():
+    best = _ledger().best()
+    assert best["a:direct"].stage == "rl_a"
+    assert best["b:direct"].stage == "rl_b"
+
+
+def test_forgetting_beyond_tolerance_only():
+    # a: 0.47 -> 0.10 is forgetting (0.37); b: 0.78 -> 0.776 is within the 0.02 noise tolerance.
+    drops = _ledger().forgetting()
+    assert [(c, a, b) for c, a, b, _ in drops] == [("a:direct", "rl_a", "rl_b")]
+    assert drops[0][3] == pytest.approx(0.37)
+
+
+def test_teachers_from_ledger_and_explicit_override():
+    ledger = _ledger()
+    assert choose_teachers(ledger, ["a", "b"], thinking=False) == {"a": "ckpt/rl_a", "b": "ckpt/rl_b"}
+    assert choose_teachers(ledger, ["a", "b"], False, {"a": "/my/teacher"}) == {"a": "/my/teacher", "b": "ckpt/rl_b"}
+    with pytest.raises(KeyError, match="no ledger score for domain 'c'"):
+        choose_teachers(ledger, ["c"], thinking=False)
+
+
+def test_markdown_marks_best_and_forgetting():
+    text = _ledger().to_markdown()
+    assert "| rl_a | **0.470** | 0.776 |" in text
+    assert "| rl_b | 0.100 | **0.850** |" in text
+    assert "Forgetting: a:direct rl_a -> rl_b (-0.370)" in text
+
+
+def test_save_load_round_trip(tmp_path):
+    ledger = _ledger()
+    ledger.save(tmp_path)
+    again = Ledger.load(tmp_path)
+    assert [(r.stage, r.scores) for r in again.rows] == [(r.stage, r.scores) for r in ledger.rows]
+    assert (tmp_path / "ledger.md").read_text().startswith("| stage | a:direct | b:direct |")
+
+
+def test_rerun_replaces_a_row():
+    ledger = _ledger()
+    ledger.add(LedgerRow("sft", "ckpt/sft2", {"a:direct": 0.5, "b:direct": 0.5}))
+    assert [r.stage for r in ledger.rows] == ["base", "rl_a", "rl_b", "sft"]
+
+
+def test_pass_at_k_unbiased_estimator():
+    # n=4 samples, c=1 correct: pass@1 = 1 - C(3,1)/C(4,1) = 1/4; pass@2 = 1 - C(3,2)/C(4,2) = 1 - 3/6 = 1/2.
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert pass_at_k(4, 0, 4) == 0.0
+    assert pass_at_k(4, 3, 2) == 1.0
