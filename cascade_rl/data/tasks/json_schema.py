@@ -113,6 +113,13 @@ def compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
+def bind_facts(schema: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
+    """The schema the verifier checks: the shown schema plus ``const`` = the stated fact for every
+    field, so a well-formed object with made-up values does not pass."""
+    properties = {k: {**field, "const": value[k]} if k in value else field for k, field in schema["properties"].items()}
+    return {**schema, "properties": properties}
+
+
 class JsonSchemaTask:
     """Schema-constrained JSON; spec ``{"type": "json_schema", "schema"}``."""
 
@@ -134,7 +141,7 @@ class JsonSchemaTask:
             difficulty,
             user=user,
             system=SYSTEM.format(schema=compact(schema)),
-            spec={"type": "json_schema", "schema": schema},
+            spec={"type": "json_schema", "schema": bind_facts(schema, value)},
             answer=answer,
             reasoning=trace,
         )
