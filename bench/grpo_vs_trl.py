@@ -219,7 +219,7 @@ def build_ours(model_dir: Path, args: argparse.Namespace) -> Ours:
 
 def run_ours(model_dir: Path, args: argparse.Namespace) -> tuple[Run, list[list[Prompt]]]:
     ours = build_ours(model_dir, args)
-    run = Run("ours (cascade_rl.loops.rl)")
+    run = Run(f"ours (cascade_rl.loops.rl, {ours.policy.layout} rows)")
     for step in range(args.steps):
         ours.generator.wall = ours.generator.cpu = 0.0
         wall, cpu = clocks()

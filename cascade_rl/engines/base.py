@@ -34,11 +34,16 @@ class TrainSequence:
     ``mask[j] = 1`` marks token ``j`` as trained/scored (it is predicted from tokens ``< j``);
     ``values[name][j]`` is a per-token quantity aligned with ``tokens`` (advantages, inference
     log-probs, teacher log-probs, ...). Position 0 is never trained.
+
+    ``group`` marks sequences that start with the same tokens (the rollouts of one prompt): the
+    trainer may then run that shared prefix once for the whole group. It is only a hint, so a wrong
+    one costs speed, never correctness; ``None`` (SFT samples) means no sharing.
     """
 
     tokens: list[int]
     mask: list[int]
     values: dict[str, list[float]] = field(default_factory=dict)
+    group: int | None = None
 
 
 @dataclass

@@ -8,9 +8,11 @@ free; a separate generator copies the weights.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from cascade_rl.algo.logprobs import chunked_lm_logprobs
 from cascade_rl.algo.losses import summarize_metrics
 from cascade_rl.engines.base import LossFn, Policy, SamplingParams, TrainBatch, TrainSequence
-from cascade_rl.engines.microbatch import UNPACKABLE_MODEL_TYPES, MicroBatch, make_microbatches, values_SL
+from cascade_rl.engines.microbatch import (
+    UNPACKABLE_MODEL_TYPES,
+    MicroBatch,
+    attention_pair_cost,
+    make_microbatches,
+    values_SL,
+)
+from cascade_rl.engines.sampling import sample_next
 from cascade_rl.types import Completion
 
 
@@ -29,20 +38,34 @@ def supports_packing(model: PreTrainedModel) -> bool:
     return model.config.model_type not in UNPACKABLE_MODEL_TYPES
 
 
+# Attention kernels that take an arbitrary 4D mask (what shared-prefix rows need); FlashAttention's
+# varlen interface can only isolate whole documents, not let several suffixes share one prefix.
+DENSE_MASK_ATTENTION = ("sdpa", "eager")
+LAYOUTS = ("packed", "padded", "shared_prefix")
+
+
 def choose_layout(model: PreTrainedModel, layout: str = "auto") -> str:
     """``packed`` rows need varlen attention to be cheap: FlashAttention skips the masked blocks, while
     SDPA would get a dense [T, T] mask and spend O(T^2) on a pack. So ``auto`` packs under
-    FlashAttention and otherwise uses length-sorted padded rows (O(sum L^2), little padding)."""
+    FlashAttention. Under SDPA / eager it picks ``shared_prefix``: rollouts of one group (same prompt)
+    share a row and run the prompt once, everything else gets length-sorted padded rows (O(sum L^2),
+    little padding). Models with state along the sequence (Mamba) only ever get padded rows."""
+    attention = str(model.config._attn_implementation)
     if layout == "auto":
-        varlen = str(model.config._attn_implementation).startswith("flash")
-        return "packed" if varlen and supports_packing(model) else "padded"
-    if layout == "packed" and not supports_packing(model):
+        if not supports_packing(model):
+            return "padded"
+        if attention.startswith("flash"):
+            return "packed"
+        return "shared_prefix" if attention in DENSE_MASK_ATTENTION else "padded"
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be auto, {', '.join(LAYOUTS)}, got {layout!r}")
+    if layout in ("packed", "shared_prefix") and not supports_packing(model):
         raise ValueError(
             f"{model.config.model_type} carries state along the sequence (Mamba layers), so packed samples would "
             "see each other; use layout='padded' (per-sample rows)"
         )
-    if layout not in ("packed", "padded"):
-        raise ValueError(f"layout must be auto, packed or padded, got {layout!r}")
+    if layout == "shared_prefix" and attention not in DENSE_MASK_ATTENTION:
+        raise ValueError(f"layout='shared_prefix' needs a 4D attention mask (sdpa or eager), not {attention!r}")
     return layout
 
 
@@ -65,33 +88,55 @@ class LocalScorer:
         self.layout = choose_layout(model, layout)
         self.pad_id = model.config.pad_token_id or 0
         self.temperature = 1.0  # the RL loop sets the sampling temperature so pi_train matches pi_inf
+        self.pair_cost = attention_pair_cost(model.config) if self.layout == "shared_prefix" else 0.0
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def microbatches(self, seqs: Sequence[TrainSequence]) -> list[MicroBatch]:
-        return make_microbatches(seqs, self.token_budget, packed=self.layout == "packed", pad_id=self.pad_id)
+        return make_microbatches(
+            seqs,
+            self.token_budget,
+            packed=self.layout == "packed",
+            shared_prefix=self.layout == "shared_prefix",
+            pad_id=self.pad_id,
+            pair_cost=self.pair_cost,
+        )
 
     def forward_SL(self, mb: MicroBatch, *, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probs (and entropies) of every sequence token, as [S, L] (0 where not valid)."""
+        """Log-probs (and entropies) of the micro-batch's scored tokens, as [S, L] (0 where not scored)."""
         dev = self.device
+        scored = mb.scored_SL.to(dev)
+        if mb.rows_N.numel() == 0:  # nothing to score (e.g. only overlong-filtered rollouts): skip the model
+            zeros = torch.zeros(scored.shape, device=dev)
+            return zeros, (zeros.clone() if with_entropy else None)
         with _autocast(dev):
             out = self.model.get_decoder()(
                 input_ids=mb.input_ids.to(dev),
                 position_ids=mb.position_ids.to(dev),
-                attention_mask=None if mb.attention_mask is None else mb.attention_mask.to(dev),
+                attention_mask=self._attention_mask(mb),
                 use_cache=False,
             )
-        hidden = out.last_hidden_state.flatten(0, 1)
+        # The LM head (the largest matmul of a small model) runs on the predicting positions only.
+        hidden = out.last_hidden_state.flatten(0, 1).index_select(0, mb.rows_N.to(dev))
         weight = self.model.get_output_embeddings().weight
         logprobs_N, entropy_N = chunked_lm_logprobs(
-            hidden, weight, mb.targets.flatten().to(dev), self.chunk_size, self.temperature, with_entropy=with_entropy
+            hidden, weight, mb.targets_N.to(dev), self.chunk_size, self.temperature, with_entropy=with_entropy
         )
-        gather, valid = mb.gather_SL.to(dev), mb.valid_SL.to(dev)
-        logprobs_SL = logprobs_N[gather] * valid
-        entropy_SL = None if entropy_N is None else entropy_N[gather] * valid
+        gather = mb.gather_SL.to(dev)
+        logprobs_SL = logprobs_N[gather] * scored
+        entropy_SL = None if entropy_N is None else entropy_N[gather] * scored
         return logprobs_SL, entropy_SL
+
+    def _attention_mask(self, mb: MicroBatch) -> torch.Tensor | None:
+        if mb.attention_mask is None:
+            return None
+        mask = mb.attention_mask.to(self.device)
+        if mask.ndim == 4 and self.model.config._attn_implementation == "eager":
+            # eager attention adds the mask to the scores: it needs 0 / very negative, not booleans
+            return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
+        return mask
 
     @torch.no_grad()
     def logprobs(self, sequences: Sequence[TrainSequence]) -> list[list[float]]:
@@ -160,7 +205,8 @@ class LocalPolicy(LocalScorer):
             logprobs_SL, entropy_SL = self.forward_SL(mb, with_entropy=with_entropy)
             tensors = {k: v.to(logprobs_SL.device) for k, v in values_SL(batch.sequences, mb).items()}
             loss, metrics = loss_fn(logprobs_SL, tensors)
-            loss.backward()
+            if loss.requires_grad:  # a micro-batch with nothing scored has no graph (and no gradient)
+                loss.backward()
             metrics = dict(metrics)
             metrics["loss"] = float(loss.detach())
             if entropy_SL is not None:
@@ -190,6 +236,16 @@ class LocalPolicy(LocalScorer):
         save(self.model, self.tokenizer, path)
 
 
+@dataclass
+class _Decoding:
+    """What the decode loop carries for a batch of rows."""
+
+    logits: torch.Tensor  # [B, V] next-token logits
+    cache: Any  # the model's KV (and, for hybrids, SSM) cache
+    attention: torch.Tensor  # [B, T] 1 on real tokens (prompts are left-padded)
+    position: torch.Tensor  # [B] position id of each row's last token
+
+
 class LocalGenerator:
     """Batched sampling with a KV cache; log-probs are those of the distribution actually sampled."""
 
@@ -197,6 +253,9 @@ class LocalGenerator:
         self.model = model
         self.batch_size = batch_size
         self.pad_id = model.config.pad_token_id or 0
+        # Prefill only needs the last position's logits; the [rows, prompt, V] head output is waste.
+        self._last_logits_only = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._copy_cache_rows = True  # cleared once a cache kind turns out not to support it
 
     def sync(self, policy: Policy) -> None:
         if isinstance(policy, LocalScorer) and policy.model is self.model:
@@ -207,7 +266,8 @@ class LocalGenerator:
     def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[list[Completion]]:
         self.model.eval()
         jobs = [(p, k) for p in range(len(prompts)) for k in range(params.n)]
-        # Similar lengths together: less left padding, and the order is deterministic.
+        # Similar lengths together: less left padding, and the order is deterministic. The n rows of a
+        # prompt stay adjacent, which lets the prefill run each distinct prompt once.
         jobs.sort(key=lambda job: (len(prompts[job[0]]), job[0], job[1]))
         gen = torch.Generator(device=self.device).manual_seed(params.seed)
         results: list[list[Completion | None]] = [[None] * params.n for _ in prompts]
@@ -223,23 +283,14 @@ class LocalGenerator:
 
     def _batch(self, prompts: Sequence[list[int]], params: SamplingParams, gen: torch.Generator) -> list[Completion]:
         dev, rows = self.device, len(prompts)
-        width = max(len(p) for p in prompts)
-        ids = torch.full((rows, width), self.pad_id, dtype=torch.long, device=dev)
-        attention = torch.zeros(rows, width, dtype=torch.long, device=dev)
-        for r, p in enumerate(prompts):  # left padding: every row's next token lands in the same column
-            ids[r, width - len(p) :] = torch.tensor(p, device=dev)
-            attention[r, width - len(p) :] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        state = self._prefill(prompts)
         stop = torch.tensor(params.stop_token_ids or [-1], device=dev)
         tokens = torch.zeros(rows, params.max_new_tokens, dtype=torch.long, device=dev)
         logprobs = torch.zeros(rows, params.max_new_tokens, device=dev)
         done = torch.zeros(rows, dtype=torch.bool, device=dev)
         lengths = torch.full((rows,), params.max_new_tokens, device=dev)
-        with _autocast(dev):
-            out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True)
-        cache, last_pos = out.past_key_values, positions[:, -1]
         for t in range(params.max_new_tokens):
-            nxt, lp = sample_next(out.logits[:, -1].float(), params, gen)
+            nxt, lp = sample_next(state.logits.float(), params, gen)
             nxt = torch.where(done, self.pad_id, nxt)
             tokens[:, t], logprobs[:, t] = nxt, lp
             newly = ~done & torch.isin(nxt, stop)
@@ -247,48 +298,60 @@ class LocalGenerator:
             done |= newly
             if bool(done.all()) or t + 1 == params.max_new_tokens:
                 break
-            attention = torch.cat([attention, torch.ones(rows, 1, dtype=attention.dtype, device=dev)], 1)
-            last_pos = last_pos + 1
-            with _autocast(dev):
-                out = self.model(
-                    input_ids=nxt[:, None],
-                    attention_mask=attention,
-                    position_ids=last_pos[:, None],
-                    cache=cache,
-                    use_cache=True,
-                )
-            cache = out.past_key_values
-        result = []
-        for r in range(rows):
-            n = int(lengths[r])
-            result.append(
-                Completion(
-                    tokens=tuple(tokens[r, :n].tolist()),
-                    logprobs=tuple(logprobs[r, :n].tolist()),
-                    finish_reason="stop" if bool(done[r]) else "length",
-                )
+            self._step(state, nxt)
+        token_rows, logprob_rows = tokens.tolist(), logprobs.tolist()
+        return [
+            Completion(
+                tokens=tuple(token_rows[r][:n]),
+                logprobs=tuple(logprob_rows[r][:n]),
+                finish_reason="stop" if finished else "length",
             )
-        return result
+            for r, (n, finished) in enumerate(zip(lengths.tolist(), done.tolist(), strict=True))
+        ]
 
+    def _prefill(self, prompts: Sequence[list[int]]) -> _Decoding:
+        """Run the prompts through the model. A prompt's n rows are adjacent, so each distinct prompt
+        runs once and its cache rows are then copied n times."""
+        firsts = [r for r in range(len(prompts)) if r == 0 or prompts[r] != prompts[r - 1]]
+        if not self._copy_cache_rows or len(firsts) == len(prompts):
+            return self._forward_prompts(prompts)
+        is_first = torch.zeros(len(prompts), dtype=torch.long)
+        is_first[firsts] = 1
+        source = (is_first.cumsum(0) - 1).to(self.device)  # row -> its distinct prompt
+        state = self._forward_prompts([prompts[r] for r in firsts])
+        try:
+            # Beam search's reorder (row i <- row source[i]) is implemented by every cache layer kind,
+            # Mamba conv / SSM states included, unlike batch_repeat_interleave / batch_select_indices.
+            state.cache.reorder_cache(source)
+        except (AttributeError, NotImplementedError):
+            self._copy_cache_rows = False  # a cache that cannot copy rows: prefill every row, as before
+            return self._forward_prompts(prompts)
+        return _Decoding(state.logits[source], state.cache, state.attention[source], state.position[source])
 
-def sample_next(
-    logits_BV: torch.Tensor, params: SamplingParams, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row; return it and its log-prob under the (tempered, truncated) distribution."""
-    if params.temperature == 0:
-        logp = torch.log_softmax(logits_BV, -1)
-        token = logp.argmax(-1)
-        return token, logp.gather(-1, token[:, None]).squeeze(-1)
-    scores = logits_BV / params.temperature
-    if params.top_k > 0 and params.top_k < scores.shape[-1]:
-        kth = torch.topk(scores, params.top_k, dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-        cumulative = torch.softmax(sorted_scores, -1).cumsum(-1)
-        # Keep the smallest prefix whose mass reaches top_p (the first token is always kept).
-        drop_sorted = (cumulative - torch.softmax(sorted_scores, -1)) >= params.top_p
-        scores = scores.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
-    logp = torch.log_softmax(scores, -1)
-    token = torch.multinomial(logp.exp(), 1, generator=gen).squeeze(-1)
-    return token, logp.gather(-1, token[:, None]).squeeze(-1)
+    def _forward_prompts(self, prompts: Sequence[list[int]]) -> _Decoding:
+        dev, rows = self.device, len(prompts)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((rows, width), self.pad_id, dtype=torch.long, device=dev)
+        attention = torch.zeros(rows, width, dtype=torch.long, device=dev)
+        for r, p in enumerate(prompts):  # left padding: every row's next token lands in the same column
+            ids[r, width - len(p) :] = torch.tensor(p, device=dev)
+            attention[r, width - len(p) :] = 1
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        keep = {"logits_to_keep": 1} if self._last_logits_only else {}
+        with _autocast(dev):
+            out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, **keep)
+        return _Decoding(out.logits[:, -1], out.cache, attention, positions[:, -1])
+
+    def _step(self, state: _Decoding, nxt: torch.Tensor) -> None:
+        """Feed every row's sampled token; ``state`` then holds the next logits."""
+        state.attention = torch.cat([state.attention, state.attention.new_ones(len(nxt), 1)], 1)
+        state.position = state.position + 1
+        with _autocast(self.device):
+            out = self.model(
+                input_ids=nxt[:, None],
+                attention_mask=state.attention,
+                position_ids=state.position[:, None],
+                cache=state.cache,
+                use_cache=True,
+            )
+        state.logits, state.cache = out.logits[:, -1], out.cache

@@ -38,6 +38,7 @@ class Rollout:
             tokens=self.prompt_tokens + self.tokens,
             mask=[0] * n_prompt + [int(trained)] * len(self.tokens),
             values={"inf_logprobs": [0.0] * n_prompt + list(self.inf_logprobs)},
+            group=self.prompt_index,  # a group's rollouts share the prompt: the trainer runs it once
         )
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import json
 import logging
 import multiprocessing
 import threading
@@ -188,7 +189,19 @@ def verify_batch(
     for spec in specs:
         check_spec(spec)
     flags = list(truncated) if truncated is not None else [False] * len(texts)
-    items = [(t, s, f, thinking) for t, s, f in zip(texts, specs, flags, strict=True)]
+    # Verifiers are deterministic, and a group's samples often repeat one another (a policy that has
+    # learned a task answers it the same way): judge each distinct completion once.
+    keys = [(t, json.dumps(s, sort_keys=True, default=str), f) for t, s, f in zip(texts, specs, flags, strict=True)]
+    first: dict[tuple[str, str, bool], int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    unique = list(first.values())
+    results = _verify_items([(texts[i], specs[i], flags[i], thinking) for i in unique], workers)
+    by_key = dict(zip(first, results, strict=True))
+    return [RewardResult(by_key[key].score, dict(by_key[key].info)) for key in keys]
+
+
+def _verify_items(items: list[tuple[str, Mapping[str, Any], bool, bool]], workers: int) -> list[RewardResult]:
     if workers <= 0 or len(items) <= 1:
         return _verify_chunk(items)
     # Small chunks: code specs vary from milliseconds to seconds, so balance dynamically.

@@ -8,6 +8,7 @@ import torch
 from cascade_rl.chat import encode_prompt
 from cascade_rl.engines.base import SamplingParams, TrainSequence
 from cascade_rl.engines.local import LocalGenerator, LocalPolicy, LocalScorer, choose_layout, sample_next
+from cascade_rl.engines.sampling import inverse_cdf_sample
 from cascade_rl.model.tiny import build_tiny
 from tests.conftest import small_corpus
 
@@ -64,7 +65,58 @@ def test_generation_is_seeded_and_logprobs_match_the_trainer(family_model):
         for a, b in zip(lp[len(s.tokens) - len(exp) :], exp, strict=True)
     )
     print(f"{family}: max |generator - trainer| log-prob = {diff:.2e}")
-    assert diff < 1e-4
+    assert diff < 1e-5
+
+
+def _tokens_and_logprobs(completions):
+    return [[c.tokens for c in g] for g in completions], [lp for g in completions for c in g for lp in c.logprobs]
+
+
+@pytest.mark.parametrize("batch_size", [8, 4])  # 4 rows per chunk with n = 3: groups straddle chunks
+def test_each_prompt_is_prefilled_once(family_model, batch_size, monkeypatch):
+    """Copying a prompt's cache rows gives what prefilling every row gives; a cache that cannot copy
+    rows falls back to the per-row prefill."""
+    _, model, tok = family_model
+    params = SamplingParams(n=3, max_new_tokens=8, stop_token_ids=(tok.eos_token_id,), seed=3)
+    shared = LocalGenerator(model, batch_size=batch_size)
+    assert shared._last_logits_only  # prefill projects the last position only
+    tokens, logprobs = _tokens_and_logprobs(shared.generate(_prompts(tok), params))
+    assert shared._copy_cache_rows  # every family's cache (Mamba states included) copied its rows
+    per_row = LocalGenerator(model, batch_size=batch_size)
+    per_row._copy_cache_rows = False
+    tokens_ref, logprobs_ref = _tokens_and_logprobs(per_row.generate(_prompts(tok), params))
+    assert tokens == tokens_ref
+    assert max(abs(a - b) for a, b in zip(logprobs, logprobs_ref, strict=True)) < 1e-5
+
+    from transformers.cache_utils import Cache
+
+    def unsupported(self, beam_idx):
+        raise NotImplementedError
+
+    monkeypatch.setattr(Cache, "reorder_cache", unsupported)
+    fallback = LocalGenerator(model, batch_size=batch_size)
+    assert _tokens_and_logprobs(fallback.generate(_prompts(tok), params))[0] == tokens_ref
+    assert not fallback._copy_cache_rows
+
+
+def test_inverse_cdf_sampling_follows_the_distribution():
+    probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    gen = torch.Generator().manual_seed(0)
+    draws = inverse_cdf_sample(probs.expand(40_000, -1), gen)
+    freq = torch.bincount(draws, minlength=6).float() / len(draws)
+    assert float((freq - probs).abs().max()) < 0.01  # ~4 standard errors
+    assert freq[1] == 0 and freq[5] == 0  # zero-probability tokens are never drawn
+    again = inverse_cdf_sample(probs.expand(40_000, -1), torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
+
+
+def test_inverse_cdf_sampling_at_the_top_of_the_cdf(monkeypatch):
+    """A uniform point that rounds up to the total mass still lands on a token with mass, not the zero tail."""
+    probs = torch.tensor([[0.25, 0.75, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.ones(shape, dtype=kw.get("dtype")))
+    assert inverse_cdf_sample(probs, torch.Generator()).tolist() == [1, 0]
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.zeros(shape, dtype=kw.get("dtype")))
+    assert inverse_cdf_sample(probs[:, [2, 0, 1, 3]], torch.Generator()).tolist() == [1, 1]
 
 
 def test_sampling_filters():

@@ -80,3 +80,22 @@ def test_verify_batch_validates_before_work():
         verify_batch(["a", "b"], [{"type": "math", "answer": "1"}, {"type": "nope"}], workers=2)
     with pytest.raises(ValueError, match="same length"):
         verify_batch(["a"], [])
+
+
+def test_verify_batch_judges_each_distinct_completion_once(monkeypatch):
+    calls: list[str] = []
+    real = base.verify
+
+    def counting(text, spec, **kwargs):
+        calls.append(text)
+        return real(text, spec, **kwargs)
+
+    monkeypatch.setattr(base, "verify", counting)
+    spec = {"type": "math", "answer": "4"}
+    texts = ["4<|im_end|>", "5<|im_end|>", "4<|im_end|>", "4<|im_end|>"]
+    results = verify_batch(texts, [spec] * 4, [False, False, False, True])
+    assert [r.score for r in results] == [1.0, 0.0, 1.0, 0.0]  # the truncated copy is judged on its own
+    # three distinct (text, spec, truncated) keys: the fourth completion repeats the first
+    assert sorted(calls) == ["4<|im_end|>", "4<|im_end|>", "5<|im_end|>"]
+    results[0].info["x"] = 1
+    assert "x" not in results[2].info  # duplicates do not share a mutable info dict
