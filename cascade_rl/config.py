@@ -102,6 +102,7 @@ class RLStage(Frozen):
     max_sampling_rounds: int = Field(4, ge=1, description="extra generation rounds to refill a filtered batch")
     overlong_filtering: bool = Field(True, description="exclude truncated responses from the loss")
     optim: OptimConfig = OptimConfig(lr=3e-6, betas=(0.9, 0.999), weight_decay=0.0)
+    reward_workers: int = Field(0, ge=0, description="processes verifying rollouts (sandboxed code); 0: in-process")
     save_every: int = Field(25, ge=1)
     seed: int = 0
 

@@ -197,7 +197,6 @@ def run_rl(
     *,
     teachers: TeacherRouter | None = None,
     logger: MetricsLogger | None = None,
-    reward_workers: int = 0,
 ) -> Path:
     """Run the stage (resuming from ``run_dir`` checkpoints); returns the trained model folder."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +219,7 @@ def run_rl(
             bar.update(advance=start)
             for step in range(start, stage.steps):
                 t0 = time.perf_counter()
-                rollouts, metrics = collect(stage, step, pool, tokenizer, generator, objective, reward_workers)
+                rollouts, metrics = collect(stage, step, pool, tokenizer, generator, objective, stage.reward_workers)
                 metrics |= update(policy, objective, rollouts, stage, reference)
                 generator.sync(policy)
                 metrics["step_time"] = time.perf_counter() - t0
