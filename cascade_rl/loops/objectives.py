@@ -109,6 +109,39 @@ def _mismatch(logprobs_SL: torch.Tensor, t: Mapping[str, torch.Tensor]) -> dict[
     return {"abs_logprob_diff_sum": diff.sum()}
 
 
+def domain_breakdown(
+    logprobs_SL: torch.Tensor, t: Mapping[str, torch.Tensor], band: tuple[float, float] | None
+) -> dict[str, torch.Tensor]:
+    """Per-domain sums of per-token diagnostics (keys ``name_sum@id`` and ``tokens@id``, ids from
+    ``t["domain_id"]``): train/inference mismatch, IcePop drops and, with a teacher, the reverse KL."""
+    lp = logprobs_SL.detach()
+    mask, ids = t["mask"], t["domain_id"]
+    per_token = {"abs_logprob_diff": (lp - t["inf_logprobs"]).abs()}
+    if band is not None:
+        ratio = torch.exp(lp - t["inf_logprobs"])
+        per_token["icepop_drop_frac"] = ((ratio < band[0]) | (ratio > band[1])).float()
+    if "teacher_logprobs" in t:
+        per_token["reverse_kl"] = lp - t["teacher_logprobs"]
+    out: dict[str, torch.Tensor] = {}
+    for d in ids[mask > 0].unique().tolist():
+        m = mask * (ids == d)
+        out[f"tokens@{int(d)}"] = m.sum()
+        for name, values in per_token.items():
+            out[f"{name}_sum@{int(d)}"] = (values * m).sum()
+    return out
+
+
+def per_domain_means(metrics: Mapping[str, float], domains: Sequence[str]) -> dict[str, float]:
+    """``name_sum@id`` / ``tokens@id`` -> ``name/<domain>``; other metrics pass through."""
+    out = {k: v for k, v in metrics.items() if "@" not in k}
+    for key, value in metrics.items():
+        name, _, index = key.partition("@")
+        if index and not name.startswith("tokens"):
+            tokens = metrics[f"tokens@{index}"]
+            out[f"{name.removesuffix('_sum')}/{domains[int(index)]}"] = value / max(tokens, 1.0)
+    return out
+
+
 class GRPO:
     """Token-level GRPO (strictly on-policy: one update per batch, so the ratio is 1)."""
 

@@ -11,10 +11,11 @@ import random
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cascade_rl.chat import encode_prompt
@@ -24,7 +25,15 @@ from cascade_rl.engines.base import Generator, SamplingParams, Scorer, TrainBatc
 from cascade_rl.engines.local import LocalGenerator, LocalPolicy, LocalScorer
 from cascade_rl.logging import MetricsLogger, console, progress_bar
 from cascade_rl.loops.common import build_policy, checkpoint, resume, save_final, set_seed
-from cascade_rl.loops.objectives import OBJECTIVES, LossSettings, Objective, Rollout, TeacherRouter
+from cascade_rl.loops.objectives import (
+    OBJECTIVES,
+    LossSettings,
+    Objective,
+    Rollout,
+    TeacherRouter,
+    domain_breakdown,
+    per_domain_means,
+)
 from cascade_rl.rewards import verify_batch
 from cascade_rl.types import Prompt
 
@@ -157,6 +166,7 @@ def _rollout_stats(rollouts: Sequence[Rollout]) -> dict[str, float]:
         by_domain[r.domain].append(r.reward)
     for domain, rewards in by_domain.items():
         out[f"reward/{domain}"] = statistics.fmean(rewards)
+        out[f"pass_rate/{domain}"] = statistics.fmean(x >= 1.0 for x in rewards)
     return out
 
 
@@ -177,6 +187,9 @@ def update(
 ) -> dict[str, float]:
     """One optimizer step on the batch; truncated responses leave the loss (overlong filtering)."""
     seqs = [r.sequence(trained=not (stage.overlong_filtering and r.truncated)) for r in rollouts]
+    domains = sorted({r.domain for r in rollouts})
+    for r, seq in zip(rollouts, seqs, strict=True):
+        seq.values["domain_id"] = [float(domains.index(r.domain))] * len(seq.tokens)
     objective.fill(rollouts, seqs)
     if reference is not None:
         for seq, lp in zip(seqs, reference.logprobs(seqs), strict=True):
@@ -185,8 +198,13 @@ def update(
     if norm["tokens"] == 0:
         return {"skipped_update": 1.0}
     batch = TrainBatch(seqs, num_tokens=norm["tokens"], num_sequences=norm["sequences"])
-    metrics = policy.forward_backward(batch, lambda lp, t: objective.loss(lp, t, norm), with_entropy=True)
-    return metrics | policy.optim_step()
+
+    def loss_fn(lp: torch.Tensor, t: Mapping[str, torch.Tensor]) -> tuple:
+        loss, metrics = objective.loss(lp, t, norm)
+        return loss, {**metrics, **domain_breakdown(lp, t, stage.icepop)}
+
+    metrics = policy.forward_backward(batch, loss_fn, with_entropy=True)
+    return per_domain_means(metrics, domains) | policy.optim_step()
 
 
 def run_rl(

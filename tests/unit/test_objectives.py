@@ -81,3 +81,24 @@ def test_mopd_loss_matches_published_formula():
 def test_mopd_requires_teachers():
     with pytest.raises(ValueError, match="needs teachers"):
         OBJECTIVES["mopd"](LossSettings(icepop=None, kl_coef=0.0))
+
+
+def test_per_domain_diagnostics():
+    from cascade_rl.loops.objectives import domain_breakdown, per_domain_means
+
+    logprobs = torch.tensor([[0.0, -1.0, -1.0], [0.0, -2.0, -3.0]])
+    t = {
+        "mask": torch.tensor([[0.0, 1.0, 1.0], [0.0, 1.0, 0.0]]),
+        "domain_id": torch.tensor([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]),
+        "inf_logprobs": torch.tensor([[0.0, -1.0, -2.0], [0.0, -2.0, 0.0]]),
+        "teacher_logprobs": torch.tensor([[0.0, -0.5, -1.5], [0.0, -1.0, 0.0]]),
+    }
+    sums = {k: float(v) for k, v in domain_breakdown(logprobs, t, (0.5, 2.0)).items()}
+    means = per_domain_means(sums | {"loss": 1.0}, ["math", "mcqa"])
+    # math: |lp - inf| = [0, 1] -> 0.5; ratio exp(1) = 2.72 > 2 drops 1 of 2; reverse KL lp - teacher = [-0.5, 0.5]
+    assert means["abs_logprob_diff/math"] == pytest.approx(0.5)
+    assert means["icepop_drop_frac/math"] == pytest.approx(0.5)
+    assert means["reverse_kl/math"] == pytest.approx(0.0)
+    # mcqa: one token, lp - teacher = -2 - (-1) = -1; the masked third token does not count
+    assert means["reverse_kl/mcqa"] == pytest.approx(-1.0)
+    assert means["loss"] == 1.0 and not any("@" in k for k in means)
