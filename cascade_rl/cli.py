@@ -76,6 +76,9 @@ def _single_stage(recipe: Path, overrides: list[str] | None, kind: str, stage_na
     run_dir = Path(config.output_dir) / stages[0].name
     if (run_dir / "checkpoints").exists() and not resume:
         _fail(f"{run_dir} already holds checkpoints: pass --resume to continue, or choose another output_dir")
+    from cascade_rl.config import dump_config
+
+    dump_config(config, run_dir / "recipe.yaml")  # the resolved recipe, so the run can be reproduced
     return config, stages[0], run_dir
 
 
