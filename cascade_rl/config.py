@@ -37,8 +37,8 @@ class OptimConfig(Frozen):
     min_lr: float | None = Field(None, ge=0, description="cosine floor; None = constant lr after warm-up")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps from warmup_start_lr")
     warmup_start_lr: float = Field(0.0, ge=0, description="lr at step 0 of the warm-up")
-    betas: tuple[float, float] = (0.9, 0.98)
-    weight_decay: float = Field(0.1, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW decoupled weight decay (not on norms and biases)")
     grad_clip: float = Field(1.0, ge=0, description="max global grad norm; 0 disables clipping")
     freeze: list[str] = Field(
         default_factory=list, description="regexes of parameter names kept frozen, e.g. MoE routers"
@@ -51,12 +51,12 @@ class DataConfig(Frozen):
     path: str | None = Field(None, description="JSONL / parquet file")
     task: str | None = Field(None, description="procedural domain: math, instruct, mcqa, tool_call, json_schema, code")
     n: int = Field(1000, ge=1, description="problems generated from a task")
-    difficulty: int = Field(0, ge=0)
+    difficulty: int = Field(0, ge=0, description="task difficulty level (0: learnable by a tiny model from scratch)")
     thinking: Literal["both", "on", "off"] = Field("both", description="which SFT variants a task yields")
     weight: float = Field(1.0, ge=0, description="epochs (blend=epochs) or share (blend=ratio)")
     domain: str | None = Field(None, description="domain label for records of a file without one")
-    on_error: Literal["raise", "skip"] = "raise"
-    seed: int = 0
+    on_error: Literal["raise", "skip"] = Field("raise", description="a malformed record: stop, or skip and count it")
+    seed: int = Field(0, description="seed of the task generator")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -67,32 +67,32 @@ class DataConfig(Frozen):
 
 class SFTStage(Frozen):
     type: Literal["sft"] = "sft"
-    name: str = "sft"
-    data: list[DataConfig]
-    blend: Literal["epochs", "ratio"] = "epochs"
+    name: str = Field("sft", description="stage name: folder, ledger row and override address")
+    data: list[DataConfig] = Field(description="chat-record sources, blended by weight")
+    blend: Literal["epochs", "ratio"] = Field("epochs", description="weights are passes (epochs) or shares (ratio)")
     pack_length: int = Field(4096, ge=16, description="tokens per packed sequence (256K in the published run)")
     packs_per_step: int = Field(8, ge=1, description="packed sequences per optimizer step (global batch)")
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="passes over the blend (fractions allowed)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (None: epochs decide)")
-    length_policy: Literal["truncate", "drop", "error"] = "truncate"
-    last_turn_only: bool = False
+    length_policy: Literal["truncate", "drop", "error"] = Field("truncate", description="samples over pack_length")
+    last_turn_only: bool = Field(False, description="supervise only the final assistant turn")
     optim: OptimConfig = OptimConfig()
     save_every: int = Field(50, ge=1, description="checkpoint every N steps")
-    seed: int = 0
+    seed: int = Field(0, description="data order seed")
 
 
 class RLStage(Frozen):
     """One RL stage of the cascade (GRPO); MOPD is the same loop with another advantage function."""
 
     type: Literal["rl"] = "rl"
-    name: str = "rl"
-    prompts: list[DataConfig]
-    steps: int = Field(100, ge=1)
+    name: str = Field("rl", description="stage name: folder, ledger row and override address")
+    prompts: list[DataConfig] = Field(description="prompt sources with verifier specs, sampled by weight")
+    steps: int = Field(100, ge=1, description="optimizer steps (one per rollout batch)")
     prompts_per_step: int = Field(16, ge=1, description="128 in the published run")
     group_size: int = Field(8, ge=1, description="rollouts per prompt (16 published)")
-    max_new_tokens: int = Field(128, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(128, ge=1, description="response budget; longer responses are truncated")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (trainer log-probs use the same)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1 disables")
     top_k: int = Field(0, ge=0, description="0 disables top-k")
     thinking: bool = Field(False, description="thinking-mode generation prompt")
     advantage: str = Field("grpo", description="advantage registry name: grpo, grpo_no_std, mopd")
@@ -103,8 +103,8 @@ class RLStage(Frozen):
     overlong_filtering: bool = Field(True, description="exclude truncated responses from the loss")
     optim: OptimConfig = OptimConfig(lr=3e-6, betas=(0.9, 0.999), weight_decay=0.0)
     reward_workers: int = Field(0, ge=0, description="processes verifying rollouts (sandboxed code); 0: in-process")
-    save_every: int = Field(25, ge=1)
-    seed: int = 0
+    save_every: int = Field(25, ge=1, description="checkpoint every N steps")
+    seed: int = Field(0, description="prompt and sampling seed")
 
 
 class MOPDStage(RLStage):
@@ -117,7 +117,7 @@ class MOPDStage(RLStage):
     dynamic_filtering: bool = False
     teachers: dict[str, str] = Field(default_factory=dict, description="domain -> checkpoint; empty: from the ledger")
     default_teacher: str | None = Field(None, description="teacher for domains without one; None: best overall")
-    reduction: Literal["seq_mean", "token_mean"] = "seq_mean"
+    reduction: Literal["seq_mean", "token_mean"] = Field("seq_mean", description="(1/|y|) per sequence (published)")
     reward_weight: float = Field(0.0, ge=0, description="weight of the GRPO reward advantage mixed in (0 published)")
     teachers_on_demand: bool = Field(False, description="load one teacher at a time (memory: the largest teacher)")
 
@@ -129,21 +129,21 @@ STAGE_TYPES = ("sft", "rl", "mopd")
 class EvalConfig(Frozen):
     domains: list[DataConfig] = Field(default_factory=list, description="held-out sets; tasks use their eval split")
     samples: int = Field(4, ge=1, description="samples per prompt (avg@k, pass@k)")
-    max_new_tokens: int = Field(128, ge=1)
+    max_new_tokens: int = Field(128, ge=1, description="response budget; a truncated response scores 0")
     temperature: float = Field(1.0, ge=0, description="0 = greedy")
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1 disables")
     thinking: list[bool] = Field(default_factory=lambda: [False], description="thinking modes to evaluate")
     batch_size: int = Field(64, ge=1, description="sequences generated together")
-    seed: int = 1234
+    seed: int = Field(1234, description="sampling seed of every evaluation")
 
 
 class PipelineConfig(Frozen):
-    name: str = "cascade"
-    output_dir: str = "runs/cascade"
-    model: ModelConfig = ModelConfig()
-    stages: list[Stage]
-    eval: EvalConfig = EvalConfig()
-    seed: int = 0
+    name: str = Field("cascade", description="run name")
+    output_dir: str = Field("runs/cascade", description="run folder; the same recipe there resumes")
+    model: ModelConfig = Field(ModelConfig(), description="the starting model")
+    stages: list[Stage] = Field(description="stages in order, each from the previous stage's model")
+    eval: EvalConfig = Field(EvalConfig(), description="held-out evaluation after every stage")
+    seed: int = Field(0, description="global seed")
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> PipelineConfig:
