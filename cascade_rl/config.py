@@ -134,6 +134,7 @@ class EvalConfig(Frozen):
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1 disables")
     thinking: list[bool] = Field(default_factory=lambda: [False], description="thinking modes to evaluate")
     batch_size: int = Field(64, ge=1, description="sequences generated together")
+    reward_workers: int = Field(0, ge=0, description="processes verifying completions (sandboxed code); 0: in-process")
     seed: int = Field(1234, description="sampling seed of every evaluation")
 
 

@@ -84,7 +84,11 @@ def evaluate_prompts(
         flat = [(i, c) for i, group in zip(chunk, completions, strict=True) for c in group]
         texts = [tokenizer.decode(list(c.tokens), skip_special_tokens=False) for _, c in flat]
         verdicts = verify_batch(
-            texts, [prompts[i].spec for i, _ in flat], [c.finish_reason == "length" for _, c in flat], thinking=thinking
+            texts,
+            [prompts[i].spec for i, _ in flat],
+            [c.finish_reason == "length" for _, c in flat],
+            thinking=thinking,
+            workers=config.reward_workers,
         )
         offset = 0
         for group in completions:  # a prompt's samples are consecutive in ``flat``
