@@ -93,7 +93,7 @@ def _evaluate_into(
     )
 
 
-def _teachers(stage: MOPDStage, config: PipelineConfig, ledger: Ledger, dtype: str) -> tuple[TeacherRouter, dict]:
+def build_teachers(stage: MOPDStage, config: PipelineConfig, ledger: Ledger, dtype: str) -> tuple[TeacherRouter, dict]:
     from cascade_rl.data.build import domain_of
 
     domains = sorted({domain_of(p) for p in stage.prompts})
@@ -163,7 +163,7 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
                 else:
                     router = None
                     if isinstance(stage, MOPDStage):
-                        router, teachers_used[stage.name] = _teachers(stage, config, ledger, dtype)
+                        router, teachers_used[stage.name] = build_teachers(stage, config, ledger, dtype)
                         _check_tokenizer(current, [*teachers_used[stage.name]["domains"].values()])
                         (run_dir / "teachers.json").write_text(json.dumps(teachers_used, indent=2))
                     assert isinstance(stage, RLStage)

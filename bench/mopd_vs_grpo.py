@@ -1,0 +1,906 @@
+"""MOPD vs multi-domain GRPO from the same checkpoint: steps to teacher level per domain (SPEC section 5).
+
+The published experiment: MOPD (dense token-level advantage log pi_teacher - log pi_train) reaches
+the teacher's score within far fewer steps than GRPO (sequence-level rewards). This benchmark
+repeats it on a finished Cascade run folder:
+
+  * start checkpoint: the model the pipeline's MOPD stage started from (the stage right before it);
+  * teachers: chosen per domain from the ledger rows up to that stage, by the pipeline's own
+    ``build_teachers`` (``choose_teachers`` + the default teacher), i.e. exactly what the MOPD stage got;
+  * (a) MOPD: the recipe's MOPD stage as it is (``advantage: mopd``, no dynamic filtering);
+    (b) GRPO: the same stage with ``advantage: grpo`` and, by default, dynamic filtering ON as in the
+    cascade's GRPO stages (constant-reward groups are dropped and refilled, so GRPO samples more
+    rollouts per step than it trains on; ``--grpo-filtering off`` gives an equal sampling budget);
+    same prompts (the MOPD stage's mix), prompts x rollouts per step, LR schedule, steps and seed;
+  * every ``--every`` steps, held-out ``evaluate`` on every MOPD domain with ``--eval-n`` prompts x
+    ``--eval-samples`` samples (the recipe's eval temperature / seed), and the standard error over
+    prompts; each domain's teacher is evaluated with the same settings;
+  * steps to teacher level = the first evaluation with score >= teacher - ``--margin`` (the tiny
+    scale's evaluations swing about +-0.05, see MINIATURE.md). A domain already there at step 0 is
+    reported as such and left out of the ratio (it is no win for either method);
+  * reverse KL to the domain's teacher, the one-sample estimate MOPD optimises
+    (mean over trained tokens of log pi_inf - log pi_teacher), measured on every step's training batch
+    for both methods (for GRPO: the batch after dynamic filtering).
+
+Both loops are ``run_rl``'s loop body (``collect`` + ``update`` + ``generator.sync``), with the
+evaluations in between; nothing of the loop is re-implemented.
+
+Then our MOPD step is timed against TRL ``DistillationTrainer`` on the same student, teacher (one
+checkpoint for every domain, since TRL takes one teacher) and batches; see ``time_vs_trl``.
+
+Usage: .venv/bin/python bench/mopd_vs_grpo.py [--run runs/tiny-cascade] [--steps 40] [--every 5]
+       [--seeds 1] [--eval-n 200] [--eval-samples 2] [--margin 0.05] [--grpo-filtering on|off]
+       [--skip-trl] [--trl-steps 4] [--trl-warmup 1]
+Defaults take about 5 minutes on 2 CPU cores (one torch thread); each extra seed adds about 5.
+The last line printed is ``ratio: X.XX`` = mean steps GRPO needs to reach teacher level over the
+mean steps MOPD needs (means over the domains below teacher level at step 0, each averaged over
+seeds; "not reached" counts as ``--steps``); higher is better for MOPD. 1.00 when no domain is
+below teacher level at step 0 (nothing to compare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cascade_rl.chat import encode_prompt, render
+from cascade_rl.config import EvalConfig, MOPDStage, PipelineConfig, RLStage, load_config
+from cascade_rl.data.build import domain_of, prompts_for
+from cascade_rl.engines.local import LocalGenerator, LocalScorer
+from cascade_rl.eval.ledger import Ledger, LedgerRow
+from cascade_rl.eval.runner import evaluate, evaluate_prompts
+from cascade_rl.loops.common import build_policy, set_seed
+from cascade_rl.loops.objectives import Rollout, TeacherRouter
+from cascade_rl.loops.pipeline import build_teachers
+from cascade_rl.loops.rl import PromptPool, build_objective, collect, update
+from cascade_rl.model import load
+from cascade_rl.plots import comparison_curves
+from cascade_rl.types import Prompt
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN_BUDGET = 4096  # run_rl's micro-batch token budget
+DTYPE = "float32"  # the pipeline's "auto" on a CPU
+METHODS = ("MOPD", "GRPO")
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence library progress lines and TRL / transformers chatter so the tables stay readable."""
+    sink = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def note(text: str) -> None:
+    """Progress on stderr, so stdout holds only the results."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(c) for c in column) for column in zip(header, *rows, strict=True)]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+
+
+def short(path: str | Path, run: Path) -> str:
+    """A checkpoint path relative to the run folder, for the tables."""
+    try:
+        return str(Path(path).resolve().relative_to(run.resolve()))
+    except ValueError:
+        return str(path)
+
+
+# --------------------------------------------------------------------------- the run folder
+
+
+@dataclass
+class Setup:
+    """What the pipeline's MOPD stage saw when it started."""
+
+    config: PipelineConfig
+    stage: MOPDStage
+    start_name: str  # the stage whose model MOPD starts from ("base" if MOPD comes first)
+    start_dir: Path
+    ledger: Ledger  # rows up to and including the start stage
+    domains: list[str]
+    thinking: bool
+
+
+def read_run(run: Path) -> Setup:
+    config: PipelineConfig = load_config(run / "recipe.yaml")
+    index = next((i for i, s in enumerate(config.stages) if isinstance(s, MOPDStage)), None)
+    if index is None:
+        raise SystemExit(f"{run}/recipe.yaml has no mopd stage")
+    stage = config.stages[index]
+    assert isinstance(stage, MOPDStage)
+    if index == 0:
+        start_name, start_dir = "base", run / "base" / "model"
+    else:
+        start_name = config.stages[index - 1].name
+        start_dir = run / "stages" / f"{index - 1:02d}-{start_name}" / "model"
+    if not (start_dir / "config.json").is_file():
+        raise SystemExit(f"{start_dir} is missing: the run has not finished the stage before MOPD")
+    # The ledger as it stood when MOPD started: base plus the stages before it (later rows, MOPD's own
+    # included, must not pick teachers). Checkpoint paths are made absolute: a run written with a
+    # relative output_dir stores them relative to where the pipeline ran (the repository root).
+    before = {"base", *(s.name for s in config.stages[:index])}
+    full = Ledger.load(run)
+    rows = [LedgerRow(**{**vars(r), "checkpoint": str(resolve(r.checkpoint, run))}) for r in full.rows]
+    ledger = Ledger([r for r in rows if r.stage in before])
+    missing = sorted(before - {r.stage for r in ledger.rows})
+    if missing:
+        raise SystemExit(f"{run}/ledger.json lacks rows for {', '.join(missing)}")
+    eval_thinking = config.eval.thinking
+    thinking = stage.thinking if stage.thinking in eval_thinking else eval_thinking[0]  # as build_teachers picks
+    domains = sorted({domain_of(p) for p in stage.prompts})
+    return Setup(config, stage, start_name, start_dir, ledger, domains, thinking)
+
+
+def resolve(path: str, run: Path) -> Path:
+    for candidate in (Path(path), ROOT / path, run / path):
+        if (candidate / "config.json").is_file():
+            return candidate.resolve()
+    return Path(path)
+
+
+def eval_config(setup: Setup, n: int, samples: int) -> EvalConfig:
+    """The recipe's held-out sets of the MOPD domains, larger (n) so one evaluation has a small error."""
+    by_domain = {domain_of(d): d for d in setup.config.eval.domains}
+    domains = []
+    for d in setup.domains:
+        base = by_domain.get(d) or next(p for p in setup.stage.prompts if domain_of(p) == d)
+        domains.append(base.model_copy(update={"n": n, "weight": 1.0}) if base.task else base)
+    return setup.config.eval.model_copy(update={"domains": domains, "samples": samples, "thinking": [setup.thinking]})
+
+
+# --------------------------------------------------------------------------- held-out evaluation
+
+
+@dataclass(frozen=True)
+class Score:
+    avg: float
+    se: float  # standard error over prompts (a prompt's samples averaged first)
+
+    def text(self) -> str:
+        return f"{self.avg:.3f} ± {self.se:.3f}"
+
+
+def _scores_from_samples(samples_file: Path, per_prompt: int) -> dict[str, Score]:
+    """Per-domain mean and standard error; a prompt's samples are consecutive rows of the file."""
+    by_domain: dict[str, list[float]] = defaultdict(list)
+    with samples_file.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            by_domain[row["domain"]].append(float(row["score"]))
+    out = {}
+    for domain, values in by_domain.items():
+        prompts = [statistics.fmean(values[i : i + per_prompt]) for i in range(0, len(values), per_prompt)]
+        se = statistics.stdev(prompts) / math.sqrt(len(prompts)) if len(prompts) > 1 else float("nan")
+        out[domain] = Score(statistics.fmean(prompts), se)
+    return out
+
+
+def eval_student(model: Any, tokenizer: Any, cfg: EvalConfig, tmp: Path) -> dict[str, Score]:
+    samples = tmp / "eval_samples.jsonl"
+    with quiet():
+        scores = evaluate(model, tokenizer, cfg, samples_file=samples)
+    out = _scores_from_samples(samples, scores[0].samples)
+    for s in scores:  # the library's own average and ours must agree, or the SE is of something else
+        assert abs(out[s.domain].avg - s.avg) < 1e-9, (s.domain, out[s.domain].avg, s.avg)
+    return out
+
+
+def eval_teachers(chosen: Mapping[str, str], cfg: EvalConfig, thinking: bool, tmp: Path) -> dict[str, Score]:
+    """Each domain's teacher on that domain only, with the students' evaluation settings."""
+    by_path: dict[str, list[str]] = defaultdict(list)
+    for domain, path in chosen.items():
+        by_path[path].append(domain)
+    data = {domain_of(d): d for d in cfg.domains}
+    out: dict[str, Score] = {}
+    for path, domains in by_path.items():
+        model, tokenizer = load(path, dtype=DTYPE)
+        for domain in domains:
+            samples = tmp / "teacher_samples.jsonl"
+            samples.unlink(missing_ok=True)
+            with quiet():
+                score = evaluate_prompts(
+                    model, tokenizer, prompts_for(data[domain], "eval"), domain, cfg, thinking, samples_file=samples
+                )
+            out[domain] = _scores_from_samples(samples, score.samples)[domain]
+        del model
+    return out
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def grpo_stage(mopd: MOPDStage, filtering: bool) -> RLStage:
+    """The MOPD stage as a multi-domain GRPO stage: same prompts, batch, LR, steps and seed."""
+    mopd_only = set(MOPDStage.model_fields) - set(RLStage.model_fields)
+    fields = mopd.model_dump(exclude=mopd_only | {"type", "name", "advantage", "dynamic_filtering"})
+    return RLStage(**fields, name="grpo", advantage="grpo", dynamic_filtering=filtering)
+
+
+def reverse_kl(router: TeacherRouter, rollouts: Sequence[Rollout], stage: RLStage) -> dict[str, tuple[float, int]]:
+    """Per domain (and "all"): (sum over trained tokens of log pi_inf - log pi_teacher, token count).
+
+    MOPD's own metric uses pi_train; at T=1 on-policy they agree to ~1e-6 (see abs_logprob_diff), and
+    pi_inf lets GRPO, whose update never calls a teacher, be measured with the same estimator."""
+    seqs = [r.sequence(trained=not (stage.overlong_filtering and r.truncated)) for r in rollouts]
+    teacher = router.logprobs(seqs, [r.domain for r in rollouts])
+    out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for r, seq, t_lp in zip(rollouts, seqs, teacher, strict=True):
+        inf = seq.values["inf_logprobs"]
+        diff = sum(i - t for i, t, m in zip(inf, t_lp, seq.mask, strict=True) if m)
+        tokens = sum(seq.mask)
+        for key in (r.domain, "all"):
+            out[key][0] += diff
+            out[key][1] += tokens
+    return {k: (v[0], int(v[1])) for k, v in out.items()}
+
+
+@dataclass
+class MethodRun:
+    method: str
+    seed: int
+    curve: dict[str, list[tuple[int, Score]]] = field(default_factory=lambda: defaultdict(list))
+    kl: list[dict[str, tuple[float, int]]] = field(default_factory=list)  # per step
+    step_wall: list[float] = field(default_factory=list)  # collect + update + sync (KL probe excluded)
+    step_cpu: list[float] = field(default_factory=list)
+    sampled: list[int] = field(default_factory=list)  # rollouts generated per step
+    trained: list[int] = field(default_factory=list)  # rollouts in the update
+    reward: list[float] = field(default_factory=list)
+    update_kl: list[float] = field(default_factory=list)  # MOPD's own reverse_kl metric (pi_train), as a check
+    eval_wall: float = 0.0
+
+
+def train(
+    method: str,
+    stage: RLStage,
+    setup: Setup,
+    router: TeacherRouter,
+    cfg: EvalConfig,
+    every: int,
+    step0: dict[str, Score],
+    tmp: Path,
+) -> MethodRun:
+    """``run_rl``'s setup and loop body, with held-out evaluations every ``every`` steps."""
+    run = MethodRun(method, stage.seed)
+    for domain, score in step0.items():
+        run.curve[domain].append((0, score))
+    model, tokenizer = load(setup.start_dir, dtype=DTYPE)
+    set_seed(stage.seed)
+    pool = PromptPool(
+        [prompts_for(c, "train") for c in stage.prompts], [c.weight for c in stage.prompts], stage.thinking, tokenizer
+    )
+    objective = build_objective(stage, router if stage.advantage == "mopd" else None)
+    reference = None
+    if stage.kl_coef > 0:  # what run_rl does for a KL-regularised stage: the frozen initial policy
+        reference = LocalScorer(copy.deepcopy(model).eval().requires_grad_(False))
+    policy = build_policy(model, tokenizer, stage.optim, stage.steps, token_budget=TOKEN_BUDGET)
+    policy.temperature = stage.temperature
+    generator = LocalGenerator(model)
+    for step in range(stage.steps):
+        wall, cpu = clocks()
+        rollouts, stats = collect(stage, step, pool, tokenizer, generator, objective)
+        probe_wall, probe_cpu = clocks()
+        run.kl.append(reverse_kl(router, rollouts, stage))  # the policy the batch was sampled from
+        probe_wall, probe_cpu = time.perf_counter() - probe_wall, time.process_time() - probe_cpu
+        metrics = update(policy, objective, rollouts, stage, reference)
+        generator.sync(policy)
+        if "reverse_kl" in metrics:
+            run.update_kl.append(metrics["reverse_kl"])
+        run.step_wall.append(time.perf_counter() - wall - probe_wall)
+        run.step_cpu.append(time.process_time() - cpu - probe_cpu)
+        run.sampled.append(int(stats["kept_groups"] + stats["dropped_groups"]) * stage.group_size)
+        run.trained.append(len(rollouts))
+        run.reward.append(float(stats.get("reward", 0.0)))
+        done = step + 1
+        if done % every == 0 or done == stage.steps:
+            t0 = time.perf_counter()
+            for domain, score in eval_student(model, tokenizer, cfg, tmp).items():
+                run.curve[domain].append((done, score))
+            run.eval_wall += time.perf_counter() - t0
+            scores = " ".join(f"{d} {run.curve[d][-1][1].avg:.3f}" for d in setup.domains)
+            note(f"  {method} seed {stage.seed} step {done}/{stage.steps}: {scores}")
+    del model, policy, generator
+    return run
+
+
+def steps_to(curve: Sequence[tuple[int, Score]], threshold: float) -> int | None:
+    """First evaluated step whose score reaches the threshold (0 = the start checkpoint); None if never."""
+    return next((step for step, score in curve if score.avg >= threshold), None)
+
+
+# --------------------------------------------------------------------------- ours vs TRL timing
+
+
+@dataclass
+class RecordingPool(PromptPool):
+    """Our prompt pool; remembers what every ``sample`` call drew, so TRL gets the same prompts."""
+
+    drawn: list[list[Prompt]] = field(default_factory=list)
+
+    def sample(self, count: int, rng: Any) -> list[tuple[Prompt, list[int]]]:
+        out = super().sample(count, rng)
+        self.drawn.append([p for p, _ in out])
+        return out
+
+
+@dataclass
+class Timing:
+    name: str
+    cpu: list[float] = field(default_factory=list)  # whole optimizer step
+    wall: list[float] = field(default_factory=list)
+    rollout_cpu: list[float] = field(default_factory=list)  # generation (+ our reward verification)
+    tokens: list[int] = field(default_factory=list)  # prompt + completion tokens trained on
+    completion_tokens: list[int] = field(default_factory=list)
+
+    def summary(self, warmup: int) -> dict[str, float]:
+        def mean(values: Sequence[float]) -> float:
+            return statistics.fmean(values[warmup:])
+
+        cpu, tokens = sum(self.cpu[warmup:]), sum(self.tokens[warmup:])
+        return {
+            "steps": len(self.cpu) - warmup,
+            "cpu": mean(self.cpu),
+            "wall": mean(self.wall),
+            "rollout_cpu": mean(self.rollout_cpu),
+            "update_cpu": mean(self.cpu) - mean(self.rollout_cpu),
+            "tokens": mean(self.tokens),
+            "completion_tokens": mean(self.completion_tokens),
+            "tok_s": tokens / cpu,
+            "tok_s_wall": tokens / sum(self.wall[warmup:]),
+        }
+
+
+def time_ours(
+    stage: MOPDStage, student: Path, teacher: LocalScorer, steps: int
+) -> tuple[Timing, list[list[Prompt]], Any]:
+    """Our MOPD step (``run_rl``'s loop body) with one teacher for every domain."""
+    model, tokenizer = load(student, dtype=DTYPE)
+    set_seed(stage.seed)
+    pool = RecordingPool(
+        [prompts_for(c, "train") for c in stage.prompts], [c.weight for c in stage.prompts], stage.thinking, tokenizer
+    )
+    router = TeacherRouter({"teacher": teacher}, default="teacher")
+    objective = build_objective(stage, router)
+    policy = build_policy(model, tokenizer, stage.optim, steps, token_budget=TOKEN_BUDGET)
+    policy.temperature = stage.temperature
+    generator = LocalGenerator(model)
+    timing = Timing("ours (cascade_rl MOPD)")
+    for step in range(steps):
+        wall, cpu = clocks()
+        rollouts, _ = collect(stage, step, pool, tokenizer, generator, objective)
+        rollout_cpu = time.process_time() - cpu
+        update(policy, objective, rollouts, stage, None)
+        generator.sync(policy)
+        timing.wall.append(time.perf_counter() - wall)
+        timing.cpu.append(time.process_time() - cpu)
+        timing.rollout_cpu.append(rollout_cpu)
+        timing.tokens.append(sum(len(r.prompt_tokens) + len(r.tokens) for r in rollouts))
+        timing.completion_tokens.append(sum(len(r.tokens) for r in rollouts))
+    assert len(pool.drawn) == steps, "no dynamic filtering in MOPD: one sampling round per step"
+    return timing, pool.drawn, tokenizer
+
+
+def trl_trainer(stage: MOPDStage, student: Path, teacher: Path, texts: list[str], out_dir: str, seed: int) -> Any:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DistillationConfig, DistillationTrainer
+
+    class Timed(DistillationTrainer):
+        """Records the rollout phase and the trained tokens of every step."""
+
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            super().__init__(*a, **kw)
+            self.bench = Timing("TRL DistillationTrainer")
+            self.pending_rollout = 0.0
+            self.pending_tokens = [0, 0]
+
+        def _generate_and_score_completions(self, inputs: Any) -> Any:
+            cpu = time.process_time()
+            out = super()._generate_and_score_completions(inputs)
+            self.pending_rollout += time.process_time() - cpu
+            return out
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], *a: Any, **kw: Any) -> Any:
+            completion = int(inputs["completion_mask"].sum())
+            self.pending_tokens[0] += int(inputs["prompt_mask"].sum()) + completion
+            self.pending_tokens[1] += completion
+            return super().compute_loss(model, inputs, *a, **kw)
+
+    class StepClock(TrainerCallback):
+        """Times every optimizer step as the interval between consecutive step ends."""
+
+        def __init__(self) -> None:
+            self.trainer: Timed | None = None
+            self.wall = self.cpu = 0.0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.wall, self.cpu = clocks()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            wall, cpu = clocks()
+            assert self.trainer is not None
+            t = self.trainer
+            t.bench.wall.append(wall - self.wall)
+            t.bench.cpu.append(cpu - self.cpu)
+            t.bench.rollout_cpu.append(t.pending_rollout)
+            t.bench.tokens.append(t.pending_tokens[0])
+            t.bench.completion_tokens.append(t.pending_tokens[1])
+            t.pending_rollout, t.pending_tokens = 0.0, [0, 0]
+            self.wall, self.cpu = clocks()
+
+    tokenizer = AutoTokenizer.from_pretrained(student)
+    model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
+    teacher_model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
+    batch = stage.prompts_per_step * stage.group_size
+    config = DistillationConfig(
+        output_dir=out_dir,
+        max_steps=len(texts) // batch,
+        per_device_train_batch_size=batch,  # the whole step's completions in one micro-batch
+        gradient_accumulation_steps=1,  # one generation batch = one optimizer step (on-policy)
+        max_completion_length=stage.max_new_tokens,
+        temperature=stage.temperature,
+        top_p=stage.top_p,
+        top_k=stage.top_k,
+        beta=1.0,  # generalized JSD with beta = 1: reverse KL(student || teacher), full vocabulary
+        shuffle_dataset=False,  # prompts in our pool's order
+        learning_rate=stage.optim.lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        weight_decay=0.0,
+        adam_beta1=stage.optim.betas[0],
+        adam_beta2=stage.optim.betas[1],
+        max_grad_norm=stage.optim.grad_clip,
+        optim="adamw_torch",
+        gradient_checkpointing=False,  # ours does not recompute activations in backward
+        use_vllm=False,
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        seed=seed,
+    )
+    # Plain-text prompts (our rendered chat, generation prompt included): the tool-calling prompts carry
+    # their tool list in the system turn, which TRL's per-trainer ``tools`` cannot express per prompt.
+    dataset = Dataset.from_dict({"prompt": texts})
+    clock = StepClock()
+    trainer = Timed(
+        model=model,
+        teacher_model=teacher_model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[clock],
+    )
+    clock.trainer = trainer
+    torch.set_num_threads(1)  # Trainer setup may touch it; both systems run on one thread
+    return trainer
+
+
+def time_vs_trl(setup: Setup, teacher_dir: Path, steps: int, warmup: int, tmp: Path) -> None:
+    """Ours vs TRL: same student, teacher, prompts, completions per prompt, max new tokens, LR, on CPU."""
+    # Truncated completions are trained on by both (TRL has no overlong filter), so both do the same work.
+    stage = setup.stage.model_copy(update={"steps": steps, "overlong_filtering": False})
+    teacher = LocalScorer(load(teacher_dir, dtype=DTYPE)[0].eval())
+    ours, drawn, tokenizer = time_ours(stage, setup.start_dir, teacher, steps)
+    del teacher
+    # TRL generates one completion per dataset row: each prompt appears group_size times in a row.
+    prompts = [p for step_prompts in drawn for p in step_prompts]
+    texts = [
+        render(list(p.messages), p.tools, add_generation_prompt=True, enable_thinking=stage.thinking)
+        for p in prompts
+        for _ in range(stage.group_size)
+    ]
+    with quiet():
+        trainer = trl_trainer(stage, setup.start_dir, teacher_dir, texts, str(tmp / "trl"), stage.seed)
+    trl_ids, _, _ = trainer._tokenize_prompts(texts[:: stage.group_size])  # TRL's own prompt path
+    for p, ids in zip(prompts, trl_ids, strict=True):
+        assert list(ids) == encode_prompt(tokenizer, list(p.messages), p.tools, enable_thinking=stage.thinking), p.uid
+    assert trainer.eos_token_ids == [tokenizer.eos_token_id], (trainer.eos_token_ids, tokenizer.eos_token_id)
+    with quiet():
+        trainer.train()
+    trl = trainer.bench
+    threads = torch.get_num_threads()
+
+    print(
+        f"\n== MOPD step time, ours vs TRL {_trl_version()} DistillationTrainer (fp32, CPU, torch threads {threads}): "
+        f"{steps} steps ({warmup} warm-up not timed), {stage.prompts_per_step} prompts x {stage.group_size} "
+        f"completions, <= {stage.max_new_tokens} new tokens, T={stage.temperature} top_p={stage.top_p}, "
+        f"lr {stage.optim.lr:g} constant"
+    )
+    print(
+        f"student {short(setup.start_dir, ROOT)}; teacher {short(teacher_dir, ROOT)} for every domain (TRL takes one)"
+    )
+    print(
+        f"same {len(prompts)} prompts in the same order (token ids checked equal, eos {tokenizer.eos_token_id}); "
+        "TRL: beta=1.0 (reverse KL over the full vocabulary), always on-policy (trl 1.16 has no lmbda: the "
+        "student generates every completion), one completion per dataset row (each prompt repeated "
+        f"{stage.group_size}x), no vLLM, use_cpu, no gradient checkpointing, report_to=[]; "
+        "ours: one-sample reverse-KL advantage + IcePop, reward verification included in the rollout phase, "
+        "overlong filtering off (as TRL)"
+    )
+    header = [
+        "system",
+        "step cpu s",
+        "step wall s",
+        "rollout cpu s",
+        "update cpu s",
+        "compl tok/step",
+        "total tok/step",
+        "total tok/cpu-s",
+        "total tok/wall-s",
+    ]
+    rows, sums = [], {}
+    for t in (ours, trl):
+        s = sums[t.name] = t.summary(warmup)
+        rows.append(
+            [
+                t.name,
+                f"{s['cpu']:.3f}",
+                f"{s['wall']:.3f}",
+                f"{s['rollout_cpu']:.3f}",
+                f"{s['update_cpu']:.3f}",
+                f"{s['completion_tokens']:.0f}",
+                f"{s['tokens']:.0f}",
+                f"{s['tok_s']:.0f}",
+                f"{s['tok_s_wall']:.0f}",
+            ]
+        )
+    print_table(header, rows)
+    a, b = sums[ours.name], sums[trl.name]
+    print(
+        f"timing ours/TRL: step CPU time {a['cpu'] / b['cpu']:.2f} (lower is better), "
+        f"update CPU time {a['update_cpu'] / b['update_cpu']:.2f}; "
+        f"total tokens per CPU-s ours/TRL {a['tok_s'] / b['tok_s']:.2f} (higher is better)"
+    )
+
+
+def _trl_version() -> str:
+    import trl
+
+    return str(trl.__version__)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def mean_curve(runs: Sequence[MethodRun], domain: str) -> list[tuple[int, float]]:
+    steps = [s for s, _ in runs[0].curve[domain]]
+    return [(s, statistics.fmean(r.curve[domain][i][1].avg for r in runs)) for i, s in enumerate(steps)]
+
+
+def kl_windows(run: MethodRun, every: int, key: str) -> list[float]:
+    """Token-mean reverse KL over each window of ``every`` steps."""
+    out = []
+    for start in range(0, len(run.kl), every):
+        window = run.kl[start : start + every]
+        total = sum(k[key][0] for k in window if key in k)
+        tokens = sum(k[key][1] for k in window if key in k)
+        out.append(total / tokens if tokens else float("nan"))
+    return out
+
+
+def report(
+    setup: Setup,
+    run_dir: Path,
+    runs: Mapping[str, list[MethodRun]],
+    teachers: Mapping[str, Score],
+    chosen: Mapping[str, str],
+    args: argparse.Namespace,
+) -> dict[str, dict[str, list[int | None]]]:
+    """Per-domain curves, teacher scores and steps to teacher level; returns the steps per method and seed."""
+    reached: dict[str, dict[str, list[int | None]]] = {}
+    seeds = len(runs["MOPD"])
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    for domain in setup.domains:
+        teacher = teachers[domain]
+        threshold = teacher.avg - args.margin
+        same = Path(chosen[domain]).resolve() == setup.start_dir.resolve()
+        print(
+            f"\n== {domain}: teacher {short(chosen[domain], run_dir)}"
+            f"{' (= the start checkpoint)' if same else ''}: {teacher.text()}; "
+            f"teacher level = score >= {threshold:.3f} (teacher - {args.margin:g})"
+        )
+        header = (
+            ["step"]
+            + [f"{m} seed {r.seed}" if seeds > 1 else m for m in METHODS for r in runs[m]]
+            + ([f"{m} mean" for m in METHODS] if seeds > 1 else [])
+        )
+        rows = []
+        means = {m: mean_curve(runs[m], domain) for m in METHODS}
+        for i, (step, _) in enumerate(runs["MOPD"][0].curve[domain]):
+            row = [str(step)] + [r.curve[domain][i][1].text() for m in METHODS for r in runs[m]]
+            if seeds > 1:
+                row += [f"{means[m][i][1]:.3f}" for m in METHODS]
+            rows.append(row)
+        print_table(header, rows)
+        reached[domain] = {m: [steps_to(r.curve[domain], threshold) for r in runs[m]] for m in METHODS}
+        texts = []
+        for m in METHODS:
+            per_seed = ", ".join("not reached" if s is None else str(s) for s in reached[domain][m])
+            texts.append(f"{m} {per_seed}")
+        print(f"steps to teacher level: {' | '.join(texts)}")
+        # Teacher level and its threshold as flat lines next to the two methods' (seed-mean) curves.
+        last = args.steps
+        curves: dict[str, list[tuple[int, float]]] = {m: means[m] for m in METHODS}
+        curves["teacher"] = [(0, teacher.avg), (last, teacher.avg)]
+        curves[f"teacher - {args.margin:g}"] = [(0, threshold), (last, threshold)]
+        path = comparison_curves(
+            curves, plots / f"mopd_vs_grpo_{domain}.png", f"{domain}: MOPD vs GRPO ({seeds} seed{'s' * (seeds > 1)})"
+        )
+        print(f"plot: {path}")
+    return reached
+
+
+def print_kl(runs: Mapping[str, list[MethodRun]], setup: Setup, every: int) -> None:
+    print(
+        "\n== reverse KL to the domain's teacher (nats/token, one-sample estimate on the training batch, "
+        f"mean over each {every}-step window, seed-mean)"
+    )
+    keys = ["all", *setup.domains]
+    for m in METHODS:
+        print(f"-- {m}")
+        header = ["steps", *keys]
+        n = len(runs[m][0].kl)
+        starts = list(range(0, n, every))
+        per_key = {k: [kl_windows(r, every, k) for r in runs[m]] for k in keys}
+        rows = []
+        for i, start in enumerate(starts):
+            row = [f"{start + 1}-{min(start + every, n)}"]
+            for k in keys:
+                values = [w[i] for w in per_key[k] if not math.isnan(w[i])]
+                row.append(f"{statistics.fmean(values):+.4f}" if values else "-")
+            rows.append(row)
+        print_table(header, rows)
+
+
+def _mean_text(values: Sequence[float], fmt: str) -> str:
+    return fmt.format(statistics.fmean(values)) if values else "-"
+
+
+def print_training(runs: Mapping[str, list[MethodRun]], stages: Mapping[str, RLStage]) -> None:
+    print("\n== training cost per step (seed-mean; KL probe and evaluations excluded)")
+    header = [
+        "method",
+        "advantage",
+        "dyn. filtering",
+        "rollouts sampled",
+        "rollouts trained",
+        "step wall s",
+        "step cpu s",
+        "train reward",
+        "reverse KL (update metric)",
+        "eval wall s (all evals)",
+    ]
+    rows = []
+    for m in METHODS:
+        rs, st = runs[m], stages[m]
+        rows.append(
+            [
+                m,
+                st.advantage,
+                "on" if st.dynamic_filtering else "off",
+                f"{statistics.fmean(x for r in rs for x in r.sampled):.1f}",
+                f"{statistics.fmean(x for r in rs for x in r.trained):.1f}",
+                f"{statistics.fmean(x for r in rs for x in r.step_wall):.3f}",
+                f"{statistics.fmean(x for r in rs for x in r.step_cpu):.3f}",
+                f"{statistics.fmean(x for r in rs for x in r.reward):.3f}",
+                _mean_text([x for r in rs for x in r.update_kl], "{:+.4f}"),
+                f"{statistics.fmean(r.eval_wall for r in rs):.1f}",
+            ]
+        )
+    print_table(header, rows)
+
+
+def summarize(
+    reached: Mapping[str, Mapping[str, list[int | None]]],
+    runs: Mapping[str, list[MethodRun]],
+    step0: Mapping[str, Score],
+    teachers: Mapping[str, Score],
+    args: argparse.Namespace,
+) -> float:
+    """The steps-to-teacher table; returns mean GRPO steps / mean MOPD steps over the compared domains."""
+    print(f"\n== steps to teacher level (score >= teacher - {args.margin:g}; 'not reached' counts as {args.steps})")
+    header = ["domain", "teacher", "start", "MOPD steps", "GRPO steps", "GRPO/MOPD", "final MOPD", "final GRPO"]
+    rows, mopd_means, grpo_means = [], [], []
+    for domain, by_method in reached.items():
+        # The final score shows whether a method keeps (or loses) the teacher level it started at.
+        finals = [f"{mean_curve(runs[m], domain)[-1][1]:.3f}" for m in METHODS]
+        head = [domain, f"{teachers[domain].avg:.3f}", f"{step0[domain].avg:.3f}"]
+        if all(s == 0 for m in METHODS for s in by_method[m]):
+            rows.append([*head, "at teacher level at step 0", "-", "-", *finals])
+            continue
+        means = {m: statistics.fmean(args.steps if s is None else s for s in by_method[m]) for m in METHODS}
+        labels = {}
+        for m in METHODS:
+            missed = sum(s is None for s in by_method[m])
+            labels[m] = f"{means[m]:.1f}" + (f" ({missed} not reached)" if missed else "")
+        mopd_means.append(means["MOPD"])
+        grpo_means.append(means["GRPO"])
+        rows.append([*head, labels["MOPD"], labels["GRPO"], f"{means['GRPO'] / means['MOPD']:.2f}", *finals])
+    print_table(header, rows)
+    if not mopd_means:
+        print("no domain starts below teacher level: nothing to compare (ratio 1.00 by convention)")
+        return 1.0
+    ratio = statistics.fmean(grpo_means) / statistics.fmean(mopd_means)
+    per_domain = statistics.fmean(g / m for g, m in zip(grpo_means, mopd_means, strict=True))
+    print(
+        f"over {len(mopd_means)} domain(s) below teacher level at step 0: mean steps MOPD "
+        f"{statistics.fmean(mopd_means):.1f}, GRPO {statistics.fmean(grpo_means):.1f}; "
+        f"mean of per-domain ratios {per_domain:.2f}"
+    )
+    return ratio
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "tiny-cascade", help="finished Cascade run folder")
+    parser.add_argument("--steps", type=int, default=40, help="RL steps per method")
+    parser.add_argument("--every", type=int, default=5, help="evaluate held-out every N steps")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per method (stage seed, seed + 1, ...)")
+    parser.add_argument("--eval-n", type=int, default=200, help="held-out prompts per domain")
+    parser.add_argument("--eval-samples", type=int, default=2, help="samples per held-out prompt")
+    parser.add_argument("--margin", type=float, default=0.05, help="teacher level = teacher score - margin")
+    parser.add_argument(
+        "--grpo-filtering",
+        choices=("on", "off"),
+        default="on",
+        help="GRPO dynamic filtering: on as in the cascade's GRPO stages; off = equal sampling budget",
+    )
+    parser.add_argument("--skip-trl", action="store_true", help="skip the step-time comparison with TRL")
+    parser.add_argument("--trl-steps", type=int, default=4, help="timed steps per system (warm-up included)")
+    parser.add_argument("--trl-warmup", type=int, default=1, help="first steps of each system not timed")
+    args = parser.parse_args()
+    if args.steps < 1 or args.every < 1 or args.seeds < 1:
+        parser.error("--steps, --every and --seeds must be positive")
+    if args.trl_steps <= args.trl_warmup:
+        parser.error("--trl-steps must exceed --trl-warmup")
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    torch.set_num_threads(1)  # the CPU is shared; also what the TRL comparison runs on
+    started = time.perf_counter()
+
+    run_dir = args.run.resolve()
+    setup = read_run(run_dir)
+    mopd = setup.stage.model_copy(update={"steps": args.steps})
+    grpo = grpo_stage(mopd, args.grpo_filtering == "on")
+    with quiet():
+        router, used = build_teachers(setup.stage, setup.config, setup.ledger, DTYPE)
+    chosen: dict[str, str] = used["domains"]
+    cfg = eval_config(setup, args.eval_n, args.eval_samples)
+
+    print(f"== MOPD vs multi-domain GRPO on {run_dir}")
+    print(
+        f"start checkpoint: {short(setup.start_dir, run_dir)} (stage {setup.start_name!r}, the model the recipe's "
+        f"MOPD stage {setup.stage.name!r} started from); teachers from ledger rows "
+        f"{', '.join(r.stage for r in setup.ledger.rows)}"
+    )
+    print(
+        f"both: {mopd.prompts_per_step} prompts x {mopd.group_size} rollouts per step, {args.steps} steps, "
+        f"max {mopd.max_new_tokens} new tokens, T={mopd.temperature}, lr {mopd.optim.lr:g} "
+        f"(warm-up {mopd.optim.warmup_steps} steps), seeds {[mopd.seed + i for i in range(args.seeds)]}, "
+        f"prompt mix {', '.join(f'{domain_of(p)}:{p.weight:g}' for p in mopd.prompts)}"
+    )
+    print(
+        f"MOPD: advantage {mopd.advantage}, reduction {mopd.reduction}, dynamic filtering off; "
+        f"GRPO: advantage grpo, dynamic filtering {args.grpo_filtering}"
+        + (
+            f" (constant-reward groups dropped and refilled, up to {grpo.max_sampling_rounds} sampling rounds: "
+            "GRPO samples more rollouts per step than it trains on; see 'rollouts sampled')"
+            if args.grpo_filtering == "on"
+            else " (equal sampling budget: both sample and train the same number of rollouts)"
+        )
+    )
+    print(
+        f"held-out eval: {args.eval_n} prompts x {cfg.samples} samples per domain, T={cfg.temperature}, "
+        f"seed {cfg.seed}, {'thinking' if setup.thinking else 'direct'} mode, every {args.every} steps"
+    )
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        note("evaluating the teachers and the start checkpoint ...")
+        model, tokenizer = load(setup.start_dir, dtype=DTYPE)
+        step0 = eval_student(model, tokenizer, cfg, tmp)
+        del model
+        # A teacher that is the start checkpoint itself scores exactly the step-0 score (same eval seed).
+        same = {d: p for d, p in chosen.items() if Path(p).resolve() == setup.start_dir.resolve()}
+        teachers = {d: step0[d] for d in same}
+        teachers |= eval_teachers({d: p for d, p in chosen.items() if d not in same}, cfg, setup.thinking, tmp)
+
+        print("\n== teachers (held-out, same evaluation settings)")
+        print_table(
+            ["domain", "teacher checkpoint", "ledger score", "teacher score", "start score", "gap"],
+            [
+                [
+                    d,
+                    short(chosen[d], run_dir),
+                    _ledger_score(setup.ledger, chosen[d], d, setup.thinking),
+                    teachers[d].text(),
+                    step0[d].text(),
+                    f"{teachers[d].avg - step0[d].avg:+.3f}",
+                ]
+                for d in setup.domains
+            ],
+        )
+        ses = [s.se for s in (*step0.values(), *teachers.values())]
+        print(f"standard error of one evaluation: {min(ses):.3f}-{max(ses):.3f} (over prompts)")
+
+        runs: dict[str, list[MethodRun]] = {m: [] for m in METHODS}
+        stages = {"MOPD": mopd, "GRPO": grpo}
+        for i in range(args.seeds):
+            for m in METHODS:
+                stage = stages[m].model_copy(update={"seed": stages[m].seed + i})
+                note(f"training {m}, seed {stage.seed} ...")
+                runs[m].append(train(m, stage, setup, router, cfg, args.every, step0, tmp))
+
+        reached = report(setup, run_dir, runs, teachers, chosen, args)
+        print_kl(runs, setup, args.every)
+        print_training(runs, stages)
+
+        if not args.skip_trl:
+            note("timing ours vs TRL DistillationTrainer ...")
+            # One teacher for both systems: the first domain's teacher that is not the student itself.
+            teacher_dir = next((Path(p) for d, p in sorted(chosen.items()) if d not in same), Path(used["default"]))
+            time_vs_trl(setup, teacher_dir, args.trl_steps, args.trl_warmup, tmp)
+
+        ratio = summarize(reached, runs, step0, teachers, args)
+    print(f"runtime: {time.perf_counter() - started:.0f} s wall, {time.process_time():.0f} s CPU (this process)")
+    print(f"ratio: {ratio:.2f}")
+
+
+def _ledger_score(ledger: Ledger, checkpoint: str, domain: str, thinking: bool) -> str:
+    from cascade_rl.eval.runner import column
+
+    row = next((r for r in ledger.rows if Path(r.checkpoint).resolve() == Path(checkpoint).resolve()), None)
+    score = None if row is None else row.scores.get(column(domain, thinking))
+    return "-" if score is None else f"{score:.3f}"
+
+
+if __name__ == "__main__":
+    main()
