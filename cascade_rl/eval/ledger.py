@@ -8,12 +8,19 @@ score drops after a later stage.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 FORGETTING_TOLERANCE = 0.02  # drops smaller than this are evaluation noise, not forgetting
+NOISE_Z = 2.0  # with sample counts, a drop must also exceed this many standard errors of the difference
+
+
+def _standard_error(score: float, count: int) -> float:
+    """Upper bound for a mean of [0, 1] scores over ``count`` samples (the Bernoulli case)."""
+    return math.sqrt(max(score * (1.0 - score), 0.0) / count) if count > 0 else 0.0
 
 
 @dataclass
@@ -52,18 +59,25 @@ class Ledger:
         return out
 
     def forgetting(self) -> list[tuple[str, str, str, float]]:
-        """(column, best stage so far, later stage, drop) for every drop beyond noise."""
+        """(column, best stage so far, later stage, drop) for every drop beyond noise: larger than
+        ``FORGETTING_TOLERANCE`` and, where sample counts are known, than ``NOISE_Z`` standard errors."""
         events = []
         for column in self.columns:
-            best_stage, best = None, None
+            best: LedgerRow | None = None
             for row in self.rows:
                 score = row.scores.get(column)
                 if score is None:
                     continue
-                if best is not None and best - score > FORGETTING_TOLERANCE:
-                    events.append((column, best_stage or "", row.stage, best - score))
-                if best is None or score > best:
-                    best_stage, best = row.stage, score
+                if best is not None:
+                    top = best.scores[column]
+                    noise = NOISE_Z * math.hypot(
+                        _standard_error(top, best.counts.get(column, 0)),
+                        _standard_error(score, row.counts.get(column, 0)),
+                    )
+                    if top - score > max(FORGETTING_TOLERANCE, noise):
+                        events.append((column, best.stage, row.stage, top - score))
+                if best is None or score > best.scores[column]:
+                    best = row
         return events
 
     def to_markdown(self) -> str:

@@ -65,3 +65,15 @@ def test_pass_at_k_unbiased_estimator():
     assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
     assert pass_at_k(4, 0, 4) == 0.0
     assert pass_at_k(4, 3, 2) == 1.0
+
+
+def test_forgetting_accounts_for_evaluation_noise():
+    # 192 samples per score: SE(0.39) = 0.035, SE(0.32) = 0.034 -> 2 * hypot = 0.098 > drop 0.07: noise
+    ledger = Ledger()
+    ledger.add(LedgerRow("a", "ckpt/a", {"m:direct": 0.39}, {"m:direct": 192}))
+    ledger.add(LedgerRow("b", "ckpt/b", {"m:direct": 0.32}, {"m:direct": 192}))
+    assert ledger.forgetting() == []
+    # the same drop measured on 3,000 samples each (2 * hypot = 0.025) is forgetting
+    ledger.add(LedgerRow("a", "ckpt/a", {"m:direct": 0.39}, {"m:direct": 3000}))
+    ledger.add(LedgerRow("b", "ckpt/b", {"m:direct": 0.32}, {"m:direct": 3000}))
+    assert [(a, b) for _, a, b, _ in ledger.forgetting()] == [("a", "b")]
