@@ -112,7 +112,12 @@ def _world_reachable(path: str) -> bool:
 
 
 def _expose(path: str, fd: int) -> None:
-    """Make ``path`` reachable again after its first non-traversable ancestor was hidden."""
+    """Make ``path`` reachable again: under a private scratch tmpfs (e.g. a venv in /tmp), or after its
+    first non-traversable ancestor was hidden."""
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        return
     parts = path.strip("/").split("/")
     prefix = ""
     for i, part in enumerate(parts):
@@ -144,6 +149,8 @@ def _setup_mounts(cfg: dict[str, Any], iso: list[str]) -> str:
         _setattr("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0)
         for d in scratch:
             _setattr(d, 0, MOUNT_ATTR_RDONLY)
+        for path, _ in expose:  # an exposed tree inside a scratch dir stays read-only
+            _setattr(path, MOUNT_ATTR_RDONLY, 0)
         iso.append("readonly_root")
     except OSError:
         pass

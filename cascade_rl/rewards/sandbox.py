@@ -261,7 +261,8 @@ def run_python(
         "work": _WORK,
         "python": python,
         "python_args": ["-I", "-B"] if site_packages else ["-I", "-S", "-B"],
-        "expose": [_python_prefix()],
+        # a virtual environment may live under /tmp, which the sandbox replaces by a private tmpfs
+        "expose": [_python_prefix(), *([sys.prefix] if site_packages else [])],
         "uid": uid,
         "limits": {
             "cpu": int(timeout) + 1,
