@@ -64,6 +64,15 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
+def _forget_gguf_quantization(model: PreTrainedModel) -> None:
+    """GGUF weights are de-quantized into ordinary tensors on load; dropping the quantizer marker lets
+    the model train and save as plain safetensors (transformers refuses to save 'gguf-quantized' models)."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+
+
 def load(
     spec: str | Path,
     *,
@@ -102,6 +111,8 @@ def load(
             )
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+        if "gguf_file" in kwargs:
+            _forget_gguf_quantization(model)
     prepare_tokenizer(tokenizer)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
