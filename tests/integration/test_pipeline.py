@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -41,18 +40,30 @@ RECIPE = {
 }
 
 SCRIPT = """
-import sys, torch
+import os, signal, sys, torch
 torch.set_num_threads(1)
 from cascade_rl.config import load_config
+from cascade_rl.loops import common
 from cascade_rl.loops.pipeline import run_pipeline
+
+if len(sys.argv) > 2:  # kill -9 this process right after the named checkpoint is on disk
+    save = common.save_checkpoint
+
+    def save_then_die(run_dir, step, **kwargs):
+        path = save(run_dir, step, **kwargs)
+        if path.relative_to(path.parents[2]).as_posix() == sys.argv[2]:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return path
+
+    common.save_checkpoint = save_then_die
 run_pipeline(load_config(sys.argv[1]))
 """
 
 
-def _run(recipe: Path) -> subprocess.Popen:
+def _run(recipe: Path, kill_after: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(recipe)], env=env, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    args = [sys.executable, "-c", SCRIPT, str(recipe)] + ([kill_after] if kill_after else [])
+    return subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def _write(tmp_path: Path, name: str) -> Path:
@@ -77,14 +88,9 @@ def test_killed_pipeline_resumes_to_the_same_ledger(tmp_path):
     assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-3000:]
 
     killed = _write(tmp_path, "killed")
-    proc = _run(killed)
-    marker = tmp_path / "killed" / "stages" / "01-mcqa_rl" / "checkpoints" / "step_00000002"
-    deadline = time.time() + 600
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = _run(killed, kill_after="01-mcqa_rl/checkpoints/step_00000002")
+    assert proc.wait(timeout=600) == -signal.SIGKILL, proc.stderr.read().decode()[-3000:]
+    assert (tmp_path / "killed" / "stages" / "01-mcqa_rl" / "checkpoints" / "step_00000002").is_dir()
     assert not (tmp_path / "killed" / "stages" / "01-mcqa_rl" / "model").exists()  # killed mid-stage
     assert json.loads((tmp_path / "killed" / "ledger.json").read_text())["rows"][-1]["stage"] == "sft"
 
