@@ -66,7 +66,14 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
 
 def _forget_gguf_quantization(model: PreTrainedModel) -> None:
     """GGUF weights are de-quantized into ordinary tensors on load; dropping the quantizer marker lets
-    the model train and save as plain safetensors (transformers refuses to save 'gguf-quantized' models)."""
+    the model train and save as plain safetensors (transformers refuses to save 'gguf-quantized' models).
+    Refuses a model whose weights are still packed integers: those could be neither trained nor saved."""
+    packed = [name for name, p in model.named_parameters() if not p.is_floating_point()]
+    if packed:
+        raise ModelSpecError(
+            f"{len(packed)} GGUF weights stayed quantized after loading (first: {packed[0]}); "
+            "this transformers version does not de-quantize them to floats, so the model cannot be trained"
+        )
     model.hf_quantizer = None
     model.is_quantized = False
     if getattr(model.config, "quantization_config", None) is not None:

@@ -87,14 +87,13 @@ GOLDEN = [
         "misc_developer_role",
     )
 ]
-TIMINGS: dict[str, float] = {}
 
 
 def _timed(key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call ``fn`` and print how long it took (``pytest -s`` shows it)."""
     started = time.perf_counter()
     result = fn(*args, **kwargs)
-    TIMINGS[key] = time.perf_counter() - started
-    print(f"timing {key}: {TIMINGS[key]:.2f}s")
+    print(f"timing {key}: {time.perf_counter() - started:.2f}s")
     return result
 
 
@@ -238,11 +237,13 @@ def test_bad_specs_raise_model_spec_error(tmp_path):
     assert issubclass(ModelSpecError, ValueError)  # callers that catch ValueError still do
 
 
-def test_report_timings():
-    """Runs last in this module: the load / save / reload times of every family, for the log."""
-    if any(f"load tiny:{f}" not in TIMINGS for f in FAMILIES):
-        pytest.skip("the timing report needs the whole module")
-    for key, seconds in TIMINGS.items():
-        print(f"{key:28s} {seconds:6.2f}s")
-    # a tiny load is tokenizer training plus a sub-second init; far above this means a regression
-    assert max(TIMINGS[f"load tiny:{f}"] for f in FAMILIES) < 30
+def test_gguf_weights_left_quantized_are_refused():
+    from cascade_rl.model.load import _forget_gguf_quantization
+
+    model, _ = load("tiny:qwen3", vocab_size=VOCAB, **OVERRIDES["qwen3"])
+    _forget_gguf_quantization(model)  # float weights: accepted, quantizer marker dropped
+    assert model.hf_quantizer is None and not model.is_quantized
+    layer = model.model.layers[0].mlp.up_proj
+    layer.weight = torch.nn.Parameter(torch.zeros_like(layer.weight, dtype=torch.uint8), requires_grad=False)
+    with pytest.raises(ModelSpecError, match=r"1 GGUF weights stayed quantized .*layers\.0\.mlp\.up_proj\.weight"):
+        _forget_gguf_quantization(model)
