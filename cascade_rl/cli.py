@@ -23,6 +23,23 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. stages.sft.epochs=2")]
 
 
+@app.callback()
+def _options(
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="CPU threads for torch (default: torch's choice). Use 1 per process when several jobs share a "
+            "small machine: oversubscribed cores slow torch down many times over.",
+        ),
+    ] = None,
+) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(2)

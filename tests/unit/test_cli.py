@@ -25,6 +25,19 @@ def test_top_level_help_lists_commands():
         assert command in result.output
 
 
+def test_threads_option_sets_torch_threads(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = runner.invoke(app, ["--threads", "3", "run", str(tmp_path / "absent.yaml")])
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 2  # the command itself still ran (and failed on the missing recipe)
+    assert runner.invoke(app, ["--threads", "0", "run", "x.yaml"]).exit_code == 2  # at least one thread
+
+
 def test_bad_recipe_names_the_field(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump({"stages": [{"type": "sft", "data": [{"task": "math"}], "pack_lenght": 8}]}))
