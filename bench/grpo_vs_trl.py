@@ -37,7 +37,6 @@ The last line printed is ``ratio: X.XX`` = ours over TRL, total tokens per CPU s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
 import json
@@ -47,8 +46,7 @@ import pstats
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import TOKEN_BUDGET, RecordingPool, clocks, print_table, quiet, step_clock, trl_cpu_args
 from cascade_rl.chat import render
 from cascade_rl.config import DataConfig, OptimConfig, RLStage
 from cascade_rl.data.build import prompts_for
@@ -67,7 +66,7 @@ from cascade_rl.engines.base import SamplingParams
 from cascade_rl.engines.local import LocalGenerator, LocalPolicy
 from cascade_rl.loops.common import build_policy, set_seed
 from cascade_rl.loops.objectives import Objective
-from cascade_rl.loops.rl import PromptPool, build_objective, collect, update
+from cascade_rl.loops.rl import build_objective, collect, update
 from cascade_rl.model import build_tiny, load, save
 from cascade_rl.model.tiny import default_corpus
 from cascade_rl.rewards import verify
@@ -75,15 +74,10 @@ from cascade_rl.types import Completion, Prompt
 
 SEED = 0
 BETAS = (0.9, 0.999)
-TOKEN_BUDGET = 4096  # run_rl's micro-batch token budget
 MODEL = dict(vocab_size=1024, hidden_size=128, num_hidden_layers=4)
 
 
 # --------------------------------------------------------------------------- bookkeeping
-
-
-def clocks() -> tuple[float, float]:
-    return time.perf_counter(), time.process_time()
 
 
 @dataclass
@@ -124,21 +118,6 @@ class Run:
         }
 
 
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(c) for c in column) for column in zip(header, *rows, strict=True)]
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence TRL / transformers chatter so the table stays readable."""
-    sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        warnings.simplefilter("ignore")
-        yield
-
-
 # --------------------------------------------------------------------------- ours
 
 
@@ -154,18 +133,6 @@ class TimedGenerator(LocalGenerator):
         out = super().generate(prompts, params)
         self.wall += time.perf_counter() - wall
         self.cpu += time.process_time() - cpu
-        return out
-
-
-@dataclass
-class RecordingPool(PromptPool):
-    """Our prompt pool; remembers what every ``sample`` call drew, so TRL can get the same prompts."""
-
-    drawn: list[list[Prompt]] = field(default_factory=list)
-
-    def sample(self, count: int, rng: Any) -> list[tuple[Prompt, list[int]]]:
-        out = super().sample(count, rng)
-        self.drawn.append([p for p, _ in out])
         return out
 
 
@@ -262,7 +229,7 @@ def verify_reward(eos_id: int, tokenizer: Any) -> Callable[..., list[float]]:
 
 def trl_trainer(model_dir: Path, steps: list[list[Prompt]], args: argparse.Namespace, out_dir: str) -> Any:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     class Timed(GRPOTrainer):
@@ -294,30 +261,18 @@ def trl_trainer(model_dir: Path, steps: list[list[Prompt]], args: argparse.Names
             self.pending_tokens[1] += int(inputs["prompt_mask"].sum()) + completion
             return super().compute_loss(model, inputs, *a, **kw)
 
-    class StepClock(TrainerCallback):
-        """Times every optimizer step as the interval between consecutive step ends."""
-
-        def __init__(self) -> None:
-            self.trainer: Timed | None = None
-            self.wall = self.cpu = 0.0
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.wall, self.cpu = clocks()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            wall, cpu = clocks()
-            assert self.trainer is not None
-            t, run = self.trainer, self.trainer.bench
-            run.wall.append(wall - self.wall)
-            run.cpu.append(cpu - self.cpu)
-            for name, value in t.pending.items():
+        def end_step(self, wall: float, cpu: float) -> None:
+            """One optimizer step done (``wall`` / ``cpu`` seconds): record it with its phases and tokens."""
+            run = self.bench
+            run.wall.append(wall)
+            run.cpu.append(cpu)
+            for name, value in self.pending.items():
                 getattr(run, name).append(value)
-                t.pending[name] = 0.0
-            run.completion_tokens.append(t.pending_tokens[0])
-            run.total_tokens.append(t.pending_tokens[1])
-            t.pending_tokens = [0, 0]
+                self.pending[name] = 0.0
+            run.completion_tokens.append(self.pending_tokens[0])
+            run.total_tokens.append(self.pending_tokens[1])
+            self.pending_tokens = [0, 0]
             run.threads.add(torch.get_num_threads())
-            self.wall, self.cpu = wall, cpu
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -340,25 +295,9 @@ def trl_trainer(model_dir: Path, steps: list[list[Prompt]], args: argparse.Names
         mask_truncated_completions=False,
         shuffle_dataset=False,  # prompts in our pool's order
         chat_template_kwargs={"enable_thinking": False},  # our stage's thinking=False generation prompt
-        learning_rate=args.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        adam_beta1=BETAS[0],
-        adam_beta2=BETAS[1],
-        max_grad_norm=1.0,
-        optim="adamw_torch",
-        gradient_checkpointing=False,  # ours does not recompute activations in backward
         use_vllm=False,
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=SEED,
+        # no gradient checkpointing (ours does not recompute activations in backward), constant LR, AdamW as ours
+        **trl_cpu_args(lr=args.lr, betas=BETAS, grad_clip=1.0, seed=SEED),
     )
     dataset = Dataset.from_dict(
         {
@@ -366,16 +305,14 @@ def trl_trainer(model_dir: Path, steps: list[list[Prompt]], args: argparse.Names
             "spec": [json.dumps(p.spec) for prompts in steps for p in prompts],
         }
     )
-    clock = StepClock()
     trainer = Timed(
         model=model,
         reward_funcs=[verify_reward(tokenizer.eos_token_id, tokenizer)],
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
-        callbacks=[clock],
     )
-    clock.trainer = trainer
+    trainer.add_callback(step_clock(trainer.end_step))
     torch.set_num_threads(1)
     return trainer
 

@@ -26,7 +26,7 @@ Both loops are ``run_rl``'s loop body (``collect`` + ``update`` + ``generator.sy
 evaluations in between; nothing of the loop is re-implemented.
 
 Then our MOPD step is timed against TRL ``DistillationTrainer`` on the same student, teacher (one
-checkpoint for every domain, since TRL takes one teacher) and batches; see ``time_vs_trl``.
+checkpoint for every domain, since TRL takes one teacher) and batches; see ``bench/_mopd_step_time.py``.
 
 Usage: .venv/bin/python bench/mopd_vs_grpo.py [--run runs/tiny-cascade] [--steps 40] [--every 5]
        [--seeds 1] [--eval-n 200] [--eval-samples 2] [--margin 0.05] [--grpo-filtering on|off]
@@ -41,9 +41,7 @@ below teacher level at step 0 (nothing to compare).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import io
 import json
 import logging
 import math
@@ -52,9 +50,8 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +63,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cascade_rl.chat import encode_prompt, render
+from bench._common import DTYPE, ROOT, TOKEN_BUDGET, clocks, note, print_table, quiet, short
+from bench._mopd_step_time import time_vs_trl
 from cascade_rl.config import EvalConfig, MOPDStage, PipelineConfig, RLStage, load_config
 from cascade_rl.data.build import domain_of, prompts_for
 from cascade_rl.engines.local import LocalGenerator, LocalScorer
@@ -78,47 +76,8 @@ from cascade_rl.loops.pipeline import build_teachers
 from cascade_rl.loops.rl import PromptPool, build_objective, collect, update
 from cascade_rl.model import load
 from cascade_rl.plots import comparison_curves
-from cascade_rl.types import Prompt
 
-ROOT = Path(__file__).resolve().parents[1]
-TOKEN_BUDGET = 4096  # run_rl's micro-batch token budget
-DTYPE = "float32"  # the pipeline's "auto" on a CPU
 METHODS = ("MOPD", "GRPO")
-
-
-# --------------------------------------------------------------------------- small helpers
-
-
-def clocks() -> tuple[float, float]:
-    return time.perf_counter(), time.process_time()
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence library progress lines and TRL / transformers chatter so the tables stay readable."""
-    sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        warnings.simplefilter("ignore")
-        yield
-
-
-def note(text: str) -> None:
-    """Progress on stderr, so stdout holds only the results."""
-    print(text, file=sys.stderr, flush=True)
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(c) for c in column) for column in zip(header, *rows, strict=True)]
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-
-
-def short(path: str | Path, run: Path) -> str:
-    """A checkpoint path relative to the run folder, for the tables."""
-    try:
-        return str(Path(path).resolve().relative_to(run.resolve()))
-    except ValueError:
-        return str(path)
 
 
 # --------------------------------------------------------------------------- the run folder
@@ -341,262 +300,6 @@ def train(
 def steps_to(curve: Sequence[tuple[int, Score]], threshold: float) -> int | None:
     """First evaluated step whose score reaches the threshold (0 = the start checkpoint); None if never."""
     return next((step for step, score in curve if score.avg >= threshold), None)
-
-
-# --------------------------------------------------------------------------- ours vs TRL timing
-
-
-@dataclass
-class RecordingPool(PromptPool):
-    """Our prompt pool; remembers what every ``sample`` call drew, so TRL gets the same prompts."""
-
-    drawn: list[list[Prompt]] = field(default_factory=list)
-
-    def sample(self, count: int, rng: Any) -> list[tuple[Prompt, list[int]]]:
-        out = super().sample(count, rng)
-        self.drawn.append([p for p, _ in out])
-        return out
-
-
-@dataclass
-class Timing:
-    name: str
-    cpu: list[float] = field(default_factory=list)  # whole optimizer step
-    wall: list[float] = field(default_factory=list)
-    rollout_cpu: list[float] = field(default_factory=list)  # generation (+ our reward verification)
-    tokens: list[int] = field(default_factory=list)  # prompt + completion tokens trained on
-    completion_tokens: list[int] = field(default_factory=list)
-
-    def summary(self, warmup: int) -> dict[str, float]:
-        def mean(values: Sequence[float]) -> float:
-            return statistics.fmean(values[warmup:])
-
-        cpu, tokens = sum(self.cpu[warmup:]), sum(self.tokens[warmup:])
-        return {
-            "steps": len(self.cpu) - warmup,
-            "cpu": mean(self.cpu),
-            "wall": mean(self.wall),
-            "rollout_cpu": mean(self.rollout_cpu),
-            "update_cpu": mean(self.cpu) - mean(self.rollout_cpu),
-            "tokens": mean(self.tokens),
-            "completion_tokens": mean(self.completion_tokens),
-            "tok_s": tokens / cpu,
-            "tok_s_wall": tokens / sum(self.wall[warmup:]),
-        }
-
-
-def time_ours(
-    stage: MOPDStage, student: Path, teacher: LocalScorer, steps: int
-) -> tuple[Timing, list[list[Prompt]], Any]:
-    """Our MOPD step (``run_rl``'s loop body) with one teacher for every domain."""
-    model, tokenizer = load(student, dtype=DTYPE)
-    set_seed(stage.seed)
-    pool = RecordingPool(
-        [prompts_for(c, "train") for c in stage.prompts], [c.weight for c in stage.prompts], stage.thinking, tokenizer
-    )
-    router = TeacherRouter({"teacher": teacher}, default="teacher")
-    objective = build_objective(stage, router)
-    policy = build_policy(model, tokenizer, stage.optim, steps, token_budget=TOKEN_BUDGET)
-    policy.temperature = stage.temperature
-    generator = LocalGenerator(model)
-    timing = Timing("ours (cascade_rl MOPD)")
-    for step in range(steps):
-        wall, cpu = clocks()
-        rollouts, _ = collect(stage, step, pool, tokenizer, generator, objective)
-        rollout_cpu = time.process_time() - cpu
-        update(policy, objective, rollouts, stage, None)
-        generator.sync(policy)
-        timing.wall.append(time.perf_counter() - wall)
-        timing.cpu.append(time.process_time() - cpu)
-        timing.rollout_cpu.append(rollout_cpu)
-        timing.tokens.append(sum(len(r.prompt_tokens) + len(r.tokens) for r in rollouts))
-        timing.completion_tokens.append(sum(len(r.tokens) for r in rollouts))
-    assert len(pool.drawn) == steps, "no dynamic filtering in MOPD: one sampling round per step"
-    return timing, pool.drawn, tokenizer
-
-
-def trl_trainer(stage: MOPDStage, student: Path, teacher: Path, texts: list[str], out_dir: str, seed: int) -> Any:
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import DistillationConfig, DistillationTrainer
-
-    class Timed(DistillationTrainer):
-        """Records the rollout phase and the trained tokens of every step."""
-
-        def __init__(self, *a: Any, **kw: Any) -> None:
-            super().__init__(*a, **kw)
-            self.bench = Timing("TRL DistillationTrainer")
-            self.pending_rollout = 0.0
-            self.pending_tokens = [0, 0]
-
-        def _generate_and_score_completions(self, inputs: Any) -> Any:
-            cpu = time.process_time()
-            out = super()._generate_and_score_completions(inputs)
-            self.pending_rollout += time.process_time() - cpu
-            return out
-
-        def compute_loss(self, model: Any, inputs: dict[str, Any], *a: Any, **kw: Any) -> Any:
-            completion = int(inputs["completion_mask"].sum())
-            self.pending_tokens[0] += int(inputs["prompt_mask"].sum()) + completion
-            self.pending_tokens[1] += completion
-            return super().compute_loss(model, inputs, *a, **kw)
-
-    class StepClock(TrainerCallback):
-        """Times every optimizer step as the interval between consecutive step ends."""
-
-        def __init__(self) -> None:
-            self.trainer: Timed | None = None
-            self.wall = self.cpu = 0.0
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.wall, self.cpu = clocks()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            wall, cpu = clocks()
-            assert self.trainer is not None
-            t = self.trainer
-            t.bench.wall.append(wall - self.wall)
-            t.bench.cpu.append(cpu - self.cpu)
-            t.bench.rollout_cpu.append(t.pending_rollout)
-            t.bench.tokens.append(t.pending_tokens[0])
-            t.bench.completion_tokens.append(t.pending_tokens[1])
-            t.pending_rollout, t.pending_tokens = 0.0, [0, 0]
-            self.wall, self.cpu = clocks()
-
-    tokenizer = AutoTokenizer.from_pretrained(student)
-    model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32)
-    teacher_model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
-    batch = stage.prompts_per_step * stage.group_size
-    config = DistillationConfig(
-        output_dir=out_dir,
-        max_steps=len(texts) // batch,
-        per_device_train_batch_size=batch,  # the whole step's completions in one micro-batch
-        gradient_accumulation_steps=1,  # one generation batch = one optimizer step (on-policy)
-        max_completion_length=stage.max_new_tokens,
-        temperature=stage.temperature,
-        top_p=stage.top_p,
-        top_k=stage.top_k,
-        beta=1.0,  # generalized JSD with beta = 1: reverse KL(student || teacher), full vocabulary
-        shuffle_dataset=False,  # prompts in our pool's order
-        learning_rate=stage.optim.lr,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        adam_beta1=stage.optim.betas[0],
-        adam_beta2=stage.optim.betas[1],
-        max_grad_norm=stage.optim.grad_clip,
-        optim="adamw_torch",
-        gradient_checkpointing=False,  # ours does not recompute activations in backward
-        use_vllm=False,
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=seed,
-    )
-    # Plain-text prompts (our rendered chat, generation prompt included): the tool-calling prompts carry
-    # their tool list in the system turn, which TRL's per-trainer ``tools`` cannot express per prompt.
-    dataset = Dataset.from_dict({"prompt": texts})
-    clock = StepClock()
-    trainer = Timed(
-        model=model,
-        teacher_model=teacher_model,
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[clock],
-    )
-    clock.trainer = trainer
-    torch.set_num_threads(1)  # Trainer setup may touch it; both systems run on one thread
-    return trainer
-
-
-def time_vs_trl(setup: Setup, teacher_dir: Path, steps: int, warmup: int, tmp: Path) -> None:
-    """Ours vs TRL: same student, teacher, prompts, completions per prompt, max new tokens, LR, on CPU."""
-    # Truncated completions are trained on by both (TRL has no overlong filter), so both do the same work.
-    stage = setup.stage.model_copy(update={"steps": steps, "overlong_filtering": False})
-    teacher = LocalScorer(load(teacher_dir, dtype=DTYPE)[0].eval())
-    ours, drawn, tokenizer = time_ours(stage, setup.start_dir, teacher, steps)
-    del teacher
-    # TRL generates one completion per dataset row: each prompt appears group_size times in a row.
-    prompts = [p for step_prompts in drawn for p in step_prompts]
-    texts = [
-        render(list(p.messages), p.tools, add_generation_prompt=True, enable_thinking=stage.thinking)
-        for p in prompts
-        for _ in range(stage.group_size)
-    ]
-    with quiet():
-        trainer = trl_trainer(stage, setup.start_dir, teacher_dir, texts, str(tmp / "trl"), stage.seed)
-    trl_ids, _, _ = trainer._tokenize_prompts(texts[:: stage.group_size])  # TRL's own prompt path
-    for p, ids in zip(prompts, trl_ids, strict=True):
-        assert list(ids) == encode_prompt(tokenizer, list(p.messages), p.tools, enable_thinking=stage.thinking), p.uid
-    assert trainer.eos_token_ids == [tokenizer.eos_token_id], (trainer.eos_token_ids, tokenizer.eos_token_id)
-    with quiet():
-        trainer.train()
-    trl = trainer.bench
-    threads = torch.get_num_threads()
-
-    print(
-        f"\n== MOPD step time, ours vs TRL {_trl_version()} DistillationTrainer (fp32, CPU, torch threads {threads}): "
-        f"{steps} steps ({warmup} warm-up not timed), {stage.prompts_per_step} prompts x {stage.group_size} "
-        f"completions, <= {stage.max_new_tokens} new tokens, T={stage.temperature} top_p={stage.top_p}, "
-        f"lr {stage.optim.lr:g} constant"
-    )
-    print(
-        f"student {short(setup.start_dir, ROOT)}; teacher {short(teacher_dir, ROOT)} for every domain (TRL takes one)"
-    )
-    print(
-        f"same {len(prompts)} prompts in the same order (token ids checked equal, eos {tokenizer.eos_token_id}); "
-        "TRL: beta=1.0 (reverse KL over the full vocabulary), always on-policy (trl 1.16 has no lmbda: the "
-        "student generates every completion), one completion per dataset row (each prompt repeated "
-        f"{stage.group_size}x), no vLLM, use_cpu, no gradient checkpointing, report_to=[]; "
-        "ours: one-sample reverse-KL advantage + IcePop, reward verification included in the rollout phase, "
-        "overlong filtering off (as TRL)"
-    )
-    header = [
-        "system",
-        "step cpu s",
-        "step wall s",
-        "rollout cpu s",
-        "update cpu s",
-        "compl tok/step",
-        "total tok/step",
-        "total tok/cpu-s",
-        "total tok/wall-s",
-    ]
-    rows, sums = [], {}
-    for t in (ours, trl):
-        s = sums[t.name] = t.summary(warmup)
-        rows.append(
-            [
-                t.name,
-                f"{s['cpu']:.3f}",
-                f"{s['wall']:.3f}",
-                f"{s['rollout_cpu']:.3f}",
-                f"{s['update_cpu']:.3f}",
-                f"{s['completion_tokens']:.0f}",
-                f"{s['tokens']:.0f}",
-                f"{s['tok_s']:.0f}",
-                f"{s['tok_s_wall']:.0f}",
-            ]
-        )
-    print_table(header, rows)
-    a, b = sums[ours.name], sums[trl.name]
-    print(
-        f"timing ours/TRL: step CPU time {a['cpu'] / b['cpu']:.2f} (lower is better), "
-        f"update CPU time {a['update_cpu'] / b['update_cpu']:.2f}; "
-        f"total tokens per CPU-s ours/TRL {a['tok_s'] / b['tok_s']:.2f} (higher is better)"
-    )
-
-
-def _trl_version() -> str:
-    import trl
-
-    return str(trl.__version__)
 
 
 # --------------------------------------------------------------------------- report
@@ -887,7 +590,7 @@ def main() -> None:
             note("timing ours vs TRL DistillationTrainer ...")
             # One teacher for both systems: the first domain's teacher that is not the student itself.
             teacher_dir = next((Path(p) for d, p in sorted(chosen.items()) if d not in same), Path(used["default"]))
-            time_vs_trl(setup, teacher_dir, args.trl_steps, args.trl_warmup, tmp)
+            time_vs_trl(setup.stage, setup.start_dir, teacher_dir, args.trl_steps, args.trl_warmup, tmp)
 
         ratio = summarize(reached, runs, step0, teachers, args)
     print(f"runtime: {time.perf_counter() - started:.0f} s wall, {time.process_time():.0f} s CPU (this process)")

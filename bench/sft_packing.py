@@ -23,7 +23,6 @@ The last line printed is ``ratio: X.XX`` = ours (as run_sft trains) over TRL, to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
 import itertools
@@ -34,8 +33,7 @@ import random
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -49,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import clocks, print_table, quiet, step_clock, trl_cpu_args
 from cascade_rl.algo.losses import nll_loss
 from cascade_rl.config import DataConfig, OptimConfig, SFTStage
 from cascade_rl.data.packing import pack
@@ -73,15 +72,6 @@ def chat_lengths(n: int, median: float, lo: int, hi: int, seed: int) -> list[int
     """Log-normal lengths (sigma ``SIGMA``) clipped to [lo, hi]: most samples short, a long tail."""
     rng = np.random.default_rng(seed)
     return np.clip(rng.lognormal(np.log(median), SIGMA, n), lo, hi).astype(int).tolist()
-
-
-def print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
-    for k, row in enumerate([header, ["-" * w for w in widths], *rows]):
-        cells = [
-            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        print("  ".join(cells) if k != 1 else "  ".join(row))
 
 
 # --------------------------------------------------------------------------- part 1: packing efficiency
@@ -212,7 +202,7 @@ def run_ours(name: str, model: Any, tokenizer: Any, samples: list[TrainSequence]
             run.slots += mb.input_ids.numel()
             run.real += int(mb.valid_SL.sum()) + len(mb.indices)
             run.attn_cells += mb.input_ids.shape[0] * mb.input_ids.shape[1] ** 2
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu = clocks()
         run.step_tokens.append(ours_step(policy, seqs))
         run.step_wall.append(time.perf_counter() - wall)
         run.step_cpu.append(time.process_time() - cpu)
@@ -232,11 +222,10 @@ def trl_dataset(samples: list[TrainSequence]) -> Any:
 
 
 def trl_trainer(model: Any, tokenizer: Any, samples: list[TrainSequence], out_dir: str, epochs: float) -> Any:
-    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     class Timed(SFTTrainer):
-        """Counts the supervised tokens of every micro-batch; ``StepClock`` times every optimizer step."""
+        """Counts the supervised tokens of every micro-batch; ``step_clock`` times every optimizer step."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -251,22 +240,12 @@ def trl_trainer(model: Any, tokenizer: Any, samples: list[TrainSequence], out_di
             self.bench.attn_cells += rows * width**2
             return super().compute_loss(model, inputs, *args, **kwargs)
 
-    class StepClock(TrainerCallback):
-        def __init__(self) -> None:
-            self.trainer: Timed | None = None
-            self.wall = self.cpu = 0.0
-
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            wall, cpu = time.perf_counter(), time.process_time()
-            assert self.trainer is not None
-            bench = self.trainer.bench
-            bench.step_wall.append(wall - self.wall)
-            bench.step_cpu.append(cpu - self.cpu)
-            bench.step_tokens.append(self.trainer.pending_tokens)
-            self.trainer.pending_tokens, self.wall, self.cpu = 0.0, wall, cpu
+        def end_step(self, wall: float, cpu: float) -> None:
+            """One optimizer step done (``wall`` / ``cpu`` seconds): record it with its supervised tokens."""
+            self.bench.step_wall.append(wall)
+            self.bench.step_cpu.append(cpu)
+            self.bench.step_tokens.append(self.pending_tokens)
+            self.pending_tokens = 0.0
 
     config = SFTConfig(
         output_dir=out_dir,
@@ -276,32 +255,12 @@ def trl_trainer(model: Any, tokenizer: Any, samples: list[TrainSequence], out_di
         max_length=CAPACITY,
         per_device_train_batch_size=1,
         gradient_accumulation_steps=PACKS_PER_STEP,
-        # TRL defaults to True; ours does not recompute the decoder in backward, so compare like with like
-        gradient_checkpointing=False,
         num_train_epochs=epochs,
-        learning_rate=LR,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        adam_beta1=BETAS[0],
-        adam_beta2=BETAS[1],
-        max_grad_norm=1.0,
-        optim="adamw_torch",
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        seed=SEED,
+        # no gradient checkpointing (TRL's default is on), constant LR, AdamW as ours: see trl_cpu_args
+        **trl_cpu_args(lr=LR, betas=BETAS, grad_clip=1.0, seed=SEED),
     )
-    clock = StepClock()
-    trainer = Timed(
-        model=model, args=config, train_dataset=trl_dataset(samples), processing_class=tokenizer, callbacks=[clock]
-    )
-    clock.trainer = trainer
+    trainer = Timed(model=model, args=config, train_dataset=trl_dataset(samples), processing_class=tokenizer)
+    trainer.add_callback(step_clock(trainer.end_step))
     return trainer
 
 
@@ -328,15 +287,6 @@ def run_trl(model: Any, tokenizer: Any, samples: list[TrainSequence], out_dir: s
     trainer = trl_trainer(model, tokenizer, samples, out_dir, epochs=EPOCHS)
     trainer.train()
     return trainer.bench
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    """Silence TRL / transformers chatter (warnings, prints) so the table stays readable."""
-    sink = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
-        warnings.simplefilter("ignore")
-        yield
 
 
 def print_profile(title: str, prof: Any) -> None:
