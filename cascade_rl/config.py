@@ -99,7 +99,9 @@ class RLStage(Frozen):
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the stage's initial policy (0.03 for RLHF)")
     icepop: tuple[float, float] | None = Field((0.5, 2.0), description="drop tokens with pi_train/pi_inf outside")
     dynamic_filtering: bool = Field(True, description="drop groups whose rewards are all equal")
-    max_sampling_rounds: int = Field(4, ge=1, description="extra generation rounds to refill a filtered batch")
+    max_sampling_rounds: int = Field(
+        4, ge=1, description="generation rounds per step at most (the first included) to refill a filtered batch"
+    )
     overlong_filtering: bool = Field(True, description="exclude truncated responses from the loss")
     optim: OptimConfig = OptimConfig(lr=3e-6, betas=(0.9, 0.999), weight_decay=0.0)
     reward_workers: int = Field(0, ge=0, description="processes verifying rollouts (sandboxed code); 0: in-process")

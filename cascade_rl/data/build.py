@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from cascade_rl.config import DataConfig
 from cascade_rl.data.sources import DataSourceError, Record, SourceStats, blend, read_records, validate_record
 from cascade_rl.data.tasks import make_split
+from cascade_rl.logging import console
 from cascade_rl.types import Prompt
 
 
@@ -45,7 +47,7 @@ def _file_prompts(config: DataConfig) -> list[Prompt]:
     path = Path(config.path or "")
     if not path.is_file():
         raise DataSourceError(f"{path}: prompt file not found")
-    prompts = []
+    prompts, skipped = [], []
     with path.open("rb") as handle:
         for line_no, raw in enumerate(handle, 1):
             if not raw.strip():
@@ -60,21 +62,37 @@ def _file_prompts(config: DataConfig) -> list[Prompt]:
                 reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
                 if config.on_error == "raise":
                     raise DataSourceError(f"{path}:{line_no}: {reason}") from None
+                skipped.append(f"{path}:{line_no}: {reason}")
                 continue
-            domain = obj.get("domain") or config.domain or spec["type"]
+            domain = config.domain or obj.get("domain") or domain_of(config)
             prompts.append(
                 Prompt(record.messages, spec, domain, record.tools, str(obj.get("id", f"{path.name}:{line_no}")))
             )
+    if skipped:
+        console.print(
+            f"{path}: {len(prompts)} prompts used, {len(skipped)} malformed lines skipped (first: {skipped[0]})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     return prompts
 
 
 def prompts_for(config: DataConfig, split: str = "train") -> list[Prompt]:
-    """Prompts of one config: a task's train or held-out eval split, or a prompt file."""
+    """Prompts of one config: a task's train or held-out eval split, or a prompt file.
+
+    A prompt's domain (its ledger column and MOPD teacher) is the config's ``domain`` when set, else
+    a prompt file record's own ``domain``, else ``domain_of(config)`` (the task name or file stem).
+    """
     if config.task is not None:
         problems = make_split(config.task, split, config.n, seed=config.seed, difficulty=config.difficulty)  # type: ignore[arg-type]
-        return [p.to_prompt() for p in problems]
+        prompts = [p.to_prompt() for p in problems]
+        if config.domain:
+            prompts = [dataclasses.replace(p, domain=config.domain) for p in prompts]
+        return prompts
     return _file_prompts(config)
 
 
 def domain_of(config: DataConfig) -> str:
+    """The domain a data config stands for: its ``domain``, else the task name, else the file stem."""
     return config.domain or config.task or Path(config.path or "").stem

@@ -71,6 +71,8 @@ class Generator(Protocol):
 
 
 class Scorer(Protocol):
+    temperature: float  # logits are divided by it: score at the temperature the tokens were sampled at
+
     def logprobs(self, sequences: Sequence[TrainSequence]) -> list[list[float]]:
         """log p(token_j | tokens_<j) for every token (0.0 at j = 0 and where ``mask`` is 0)."""
         ...

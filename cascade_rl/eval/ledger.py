@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 FORGETTING_TOLERANCE = 0.02  # drops smaller than this are evaluation noise, not forgetting
-NOISE_Z = 2.0  # with sample counts, a drop must also exceed this many standard errors of the difference
+NOISE_Z = 2.0  # where errors are known, a drop must also exceed this many standard errors of the difference
 
 
 def _standard_error(score: float, count: int) -> float:
-    """Upper bound for a mean of [0, 1] scores over ``count`` samples (the Bernoulli case)."""
+    """Upper bound for a mean of [0, 1] scores over ``count`` independent samples (the Bernoulli case)."""
     return math.sqrt(max(score * (1.0 - score), 0.0) / count) if count > 0 else 0.0
 
 
@@ -29,6 +29,14 @@ class LedgerRow:
     checkpoint: str
     scores: dict[str, float]
     counts: dict[str, int] = field(default_factory=dict)  # prompts x samples behind each score
+    errors: dict[str, float] = field(default_factory=dict)  # standard error of each score, over prompts
+
+    def error(self, column: str) -> float:
+        """The measured standard error of a score; without one, the Bernoulli bound from its sample count."""
+        if column in self.errors:
+            return self.errors[column]
+        return _standard_error(self.scores[column], self.counts.get(column, 0))
+
     wall_time: float = 0.0
 
 
@@ -60,7 +68,7 @@ class Ledger:
 
     def forgetting(self) -> list[tuple[str, str, str, float]]:
         """(column, best stage so far, later stage, drop) for every drop beyond noise: larger than
-        ``FORGETTING_TOLERANCE`` and, where sample counts are known, than ``NOISE_Z`` standard errors."""
+        ``FORGETTING_TOLERANCE`` and, where standard errors are known, than ``NOISE_Z`` of the difference."""
         events = []
         for column in self.columns:
             best: LedgerRow | None = None
@@ -70,10 +78,7 @@ class Ledger:
                     continue
                 if best is not None:
                     top = best.scores[column]
-                    noise = NOISE_Z * math.hypot(
-                        _standard_error(top, best.counts.get(column, 0)),
-                        _standard_error(score, row.counts.get(column, 0)),
-                    )
+                    noise = NOISE_Z * math.hypot(best.error(column), row.error(column))
                     if top - score > max(FORGETTING_TOLERANCE, noise):
                         events.append((column, best.stage, row.stage, top - score))
                 if best is None or score > best.scores[column]:

@@ -36,6 +36,7 @@ class DomainScore:
     pass_at_1: float  # unbiased pass@1 (= mean of full-credit samples)
     truncation_rate: float
     response_length: float
+    stderr: float = 0.0  # standard error of ``avg`` over prompts (a prompt's samples are not independent)
 
     @property
     def key(self) -> str:
@@ -129,6 +130,7 @@ def evaluate_prompts(
         pass_at_1=statistics.fmean(pass_at_k(k, c, 1) for c in correct) if correct else 0.0,
         truncation_rate=statistics.fmean(truncated) if truncated else 0.0,
         response_length=statistics.fmean(lengths) if lengths else 0.0,
+        stderr=statistics.stdev(scores) / math.sqrt(n) if n > 1 else 0.0,
     )
 
 

@@ -16,6 +16,7 @@ import torch
 from cascade_rl.algo.advantages import ADVANTAGES
 from cascade_rl.algo.losses import icepop_weights, kl_penalty, mopd_loss, pg_loss_on_policy
 from cascade_rl.engines.base import Scorer, TrainSequence
+from cascade_rl.logging import console
 
 
 @dataclass
@@ -48,6 +49,7 @@ class LossSettings:
     kl_coef: float
     reduction: str = "seq_mean"
     reward_weight: float = 0.0
+    temperature: float = 1.0  # the sampling temperature: teachers score at it too, as pi_train does
 
 
 Loss = tuple[torch.Tensor, dict[str, torch.Tensor | float]]
@@ -178,7 +180,7 @@ class MOPD:
         self.settings, self.teachers = settings, teachers
 
     def fill(self, rollouts: Sequence[Rollout], seqs: Sequence[TrainSequence]) -> None:
-        teacher_lp = self.teachers.logprobs(seqs, [r.domain for r in rollouts])
+        teacher_lp = self.teachers.logprobs(seqs, [r.domain for r in rollouts], self.settings.temperature)
         reward_adv = _group_advantages(rollouts, "grpo") if self.settings.reward_weight else None
         for i, (r, seq) in enumerate(zip(rollouts, seqs, strict=True)):
             seq.values["teacher_logprobs"] = teacher_lp[i]
@@ -186,7 +188,7 @@ class MOPD:
                 seq.values["advantages"] = [0.0] * len(r.prompt_tokens) + [reward_adv[i]] * len(r.tokens)
 
     def loss(self, logprobs_SL: torch.Tensor, t: Mapping[str, torch.Tensor], norm: Mapping[str, float]) -> Loss:
-        low, high = self.settings.icepop or (0.0, float("inf"))
+        low, high = self.settings.icepop or (0.0, 0.0)
         normalizer = norm["sequences"] if self.settings.reduction == "seq_mean" else norm["tokens"]
         loss = mopd_loss(
             logprobs_SL,
@@ -197,6 +199,7 @@ class MOPD:
             reduction=self.settings.reduction,
             low=low,
             high=high,
+            icepop=self.settings.icepop is not None,
             reward_adv_BT=t.get("advantages"),
             reward_weight=self.settings.reward_weight,
         )
@@ -204,11 +207,12 @@ class MOPD:
 
 
 class TeacherRouter:
-    """One teacher per domain (no ensembling); domains without a teacher use the default one."""
+    """One teacher per domain (no ensembling); domains without a teacher use the default one (said once)."""
 
     def __init__(self, scorers: Mapping[str, Scorer | Callable[[], Scorer]], default: str | None = None) -> None:
         self._scorers = dict(scorers)
         self.default = default
+        self.defaulted: set[str] = set()  # domains sent to the default teacher so far
 
     def teacher_for(self, domain: str) -> str:
         if domain in self._scorers:
@@ -217,9 +221,20 @@ class TeacherRouter:
             raise KeyError(
                 f"no teacher for domain {domain!r} and no default teacher; teachers: {sorted(self._scorers)}"
             )
+        if domain not in self.defaulted:
+            self.defaulted.add(domain)
+            own = ", ".join(sorted(set(self._scorers) - {self.default}))
+            console.print(
+                f"[yellow]MOPD:[/yellow] prompts of domain {domain!r} have no teacher of their own "
+                f"(teachers: {own}); the default teacher scores them",
+                highlight=False,
+            )
         return self.default
 
-    def logprobs(self, seqs: Sequence[TrainSequence], domains: Sequence[str]) -> list[list[float]]:
+    def logprobs(
+        self, seqs: Sequence[TrainSequence], domains: Sequence[str], temperature: float = 1.0
+    ) -> list[list[float]]:
+        """Each sequence's token log-probs under its domain's teacher, at the student's sampling temperature."""
         by_teacher: dict[str, list[int]] = {}
         for i, d in enumerate(domains):
             by_teacher.setdefault(self.teacher_for(d), []).append(i)
@@ -228,6 +243,7 @@ class TeacherRouter:
             scorer = self._scorers[name]
             # A factory loads the teacher only now and lets it go after: memory bounded by the largest one.
             live = scorer() if callable(scorer) and not hasattr(scorer, "logprobs") else scorer
+            live.temperature = temperature
             for i, lp in zip(members, live.logprobs([seqs[i] for i in members]), strict=True):  # type: ignore[union-attr]
                 out[i] = lp
             del live

@@ -88,6 +88,7 @@ def _evaluate_into(
             checkpoint=str(model_dir),
             scores={s["key"]: s["avg"] for s in scores},
             counts={s["key"]: s["prompts"] * s["samples"] for s in scores},
+            errors={s["key"]: s["stderr"] for s in scores if "stderr" in s},
             wall_time=wall,
         )
     )
@@ -164,7 +165,8 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
                     router = None
                     if isinstance(stage, MOPDStage):
                         router, teachers_used[stage.name] = build_teachers(stage, config, ledger, dtype)
-                        _check_tokenizer(current, [*teachers_used[stage.name]["domains"].values()])
+                        used = teachers_used[stage.name]
+                        _check_tokenizer(current, [*used["domains"].values(), used["default"]])
                         (run_dir / "teachers.json").write_text(json.dumps(teachers_used, indent=2))
                     assert isinstance(stage, RLStage)
                     run_rl(stage, model, tokenizer, stage_dir, teachers=router, logger=logger)

@@ -178,6 +178,7 @@ def build_objective(stage: RLStage, teachers: TeacherRouter | None) -> Objective
         kl_coef=stage.kl_coef,
         reduction=getattr(stage, "reduction", "seq_mean"),
         reward_weight=getattr(stage, "reward_weight", 0.0),
+        temperature=stage.temperature,
     )
     return OBJECTIVES[stage.advantage](settings, teachers=teachers)
 
@@ -223,7 +224,7 @@ def run_rl(
         [prompts_for(c, "train") for c in stage.prompts], [c.weight for c in stage.prompts], stage.thinking, tokenizer
     )
     objective = build_objective(stage, teachers)
-    reference = _frozen_copy(model) if stage.kl_coef > 0 else None
+    reference = _frozen_copy(model, stage.temperature) if stage.kl_coef > 0 else None
     policy = build_policy(model, tokenizer, stage.optim, stage.steps, token_budget=4096)
     policy.temperature = stage.temperature
     generator = LocalGenerator(model)
@@ -251,11 +252,13 @@ def run_rl(
     return save_final(model, tokenizer, run_dir / "model")
 
 
-def _frozen_copy(model: PreTrainedModel) -> LocalScorer:
-    """The stage's initial policy, frozen: the KL reference (RLHF)."""
+def _frozen_copy(model: PreTrainedModel, temperature: float) -> LocalScorer:
+    """The stage's initial policy, frozen: the KL reference (RLHF), scoring at the sampling temperature."""
     import copy
 
     ref = copy.deepcopy(model).eval()
     for p in ref.parameters():
         p.requires_grad_(False)
-    return LocalScorer(ref)
+    scorer = LocalScorer(ref)
+    scorer.temperature = temperature
+    return scorer

@@ -164,3 +164,28 @@ def test_frozen_parameters_are_not_updated(family_model):
     params = dict(model.named_parameters())
     assert torch.equal(params[frozen], before[frozen])
     assert not torch.equal(params[trained], before[trained])
+
+
+def test_kl_reference_scores_at_the_sampling_temperature(family_model):
+    """Before any update the reference equals the policy: at T != 1 their log-probs (and the KL) match."""
+    from cascade_rl.loops.rl import _frozen_copy
+
+    _, model, tok = family_model
+    params = SamplingParams(n=2, max_new_tokens=6, temperature=0.7, stop_token_ids=(tok.eos_token_id,), seed=3)
+    prompts = _prompts(tok)[1:3]
+    seqs = [
+        TrainSequence(list(p) + list(c.tokens), [0] * len(p) + [1] * len(c.tokens))
+        for p, group in zip(prompts, LocalGenerator(model).generate(prompts, params), strict=True)
+        for c in group
+    ]
+    policy = LocalScorer(model)
+    policy.temperature = 0.7
+    reference = _frozen_copy(model, 0.7)
+    assert reference.temperature == 0.7
+    assert _max_diff(policy.logprobs(seqs), reference.logprobs(seqs)) < 1e-6
+    # the mismatch a reference scoring at T=1 would have put into the KL
+    assert _max_diff(policy.logprobs(seqs), LocalScorer(model).logprobs(seqs)) > 1e-3
+
+
+def _max_diff(a: list[list[float]], b: list[list[float]]) -> float:
+    return max(abs(x - y) for row_a, row_b in zip(a, b, strict=True) for x, y in zip(row_a, row_b, strict=True))

@@ -67,7 +67,7 @@ def test_pass_at_k_unbiased_estimator():
     assert pass_at_k(4, 3, 2) == 1.0
 
 
-def test_forgetting_accounts_for_evaluation_noise():
+def test_forgetting_accounts_for_evaluation_noise(tmp_path):
     # 192 samples per score: SE(0.39) = 0.035, SE(0.32) = 0.034 -> 2 * hypot = 0.098 > drop 0.07: noise
     ledger = Ledger()
     ledger.add(LedgerRow("a", "ckpt/a", {"m:direct": 0.39}, {"m:direct": 192}))
@@ -77,3 +77,54 @@ def test_forgetting_accounts_for_evaluation_noise():
     ledger.add(LedgerRow("a", "ckpt/a", {"m:direct": 0.39}, {"m:direct": 3000}))
     ledger.add(LedgerRow("b", "ckpt/b", {"m:direct": 0.32}, {"m:direct": 3000}))
     assert [(a, b) for _, a, b, _ in ledger.forgetting()] == [("a", "b")]
+    # measured standard errors (over prompts) take precedence over the sample-count bound:
+    # 2 * hypot(0.03, 0.04) = 0.10 > 0.07 -> noise, although 3,000 samples alone would call it forgetting
+    ledger.add(LedgerRow("a", "ckpt/a", {"m:direct": 0.39}, {"m:direct": 3000}, {"m:direct": 0.03}))
+    ledger.add(LedgerRow("b", "ckpt/b", {"m:direct": 0.32}, {"m:direct": 3000}, {"m:direct": 0.04}))
+    assert ledger.forgetting() == []
+    ledger.save(tmp_path)
+    assert Ledger.load(tmp_path).rows[1].errors == {"m:direct": 0.04}
+
+
+def test_domain_score_standard_error_is_over_prompts(monkeypatch):
+    from cascade_rl.config import EvalConfig
+    from cascade_rl.eval import runner
+    from cascade_rl.rewards.base import RewardResult
+    from cascade_rl.types import Completion, Prompt
+
+    # three prompts, four samples each; the samples of a prompt agree: prompt means 1, 0, 0.5
+    verdicts = {0: [1, 1, 1, 1], 1: [0, 0, 0, 0], 2: [1, 0, 1, 0]}
+
+    class Generator:
+        def __init__(self, *args, **kwargs) -> None:
+            pass
+
+        def generate(self, prompts, params):
+            return [[Completion((p[0],), (0.0,), "stop") for _ in range(params.n)] for p in prompts]
+
+    class Tokenizer:
+        eos_token_id = 0
+
+        def decode(self, tokens, **kwargs) -> str:
+            return str(tokens[0])
+
+    calls = {i: 0 for i in verdicts}
+
+    def verify_batch(texts, specs, truncated, **kwargs):
+        out = []
+        for text in texts:
+            i = int(text)
+            out.append(RewardResult(float(verdicts[i][calls[i]])))
+            calls[i] += 1
+        return out
+
+    monkeypatch.setattr(runner, "LocalGenerator", Generator)
+    monkeypatch.setattr(runner, "verify_batch", verify_batch)
+    monkeypatch.setattr(runner, "encode_prompt", lambda tok, messages, tools, **kw: [int(messages[0]["content"])])
+    prompts = [Prompt(({"role": "user", "content": str(i)},), {"type": "math"}, "m", uid=str(i)) for i in verdicts]
+    config = EvalConfig(domains=[{"task": "math"}], samples=4, temperature=1.0)
+    score = runner.evaluate_prompts(None, Tokenizer(), prompts, "m", config, False)
+    assert (score.avg, score.prompts, score.samples) == (0.5, 3, 4)
+    # sample std of the prompt means (1, 0, 0.5) = 0.5, over sqrt(3) prompts = 0.2887; treating the 12
+    # samples as independent would claim sqrt(0.25 / 12) = 0.144
+    assert score.stderr == pytest.approx(0.5 / 3**0.5)

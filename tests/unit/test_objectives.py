@@ -46,20 +46,41 @@ def test_mopd_fill_routes_each_domain_to_one_teacher():
     calls: list[str] = []
 
     class Fixed:
+        temperature = 1.0
+
         def __init__(self, name: str, value: float) -> None:
             self.name, self.value = name, value
 
         def logprobs(self, seqs: list[TrainSequence]) -> list[list[float]]:
-            calls.append(self.name)
+            calls.append((self.name, self.temperature))
             return [[self.value * m for m in s.mask] for s in seqs]
 
     router = TeacherRouter({"math": Fixed("math", -0.5), "other": lambda: Fixed("lazy", -3.0)}, default="other")
     rollouts = [_rollout(0, 0.0, "math"), _rollout(1, 0.0, "mcqa"), _rollout(2, 0.0, "math")]
     seqs = [r.sequence(trained=True) for r in rollouts]
-    OBJECTIVES["mopd"](LossSettings(icepop=(0.5, 2.0), kl_coef=0.0), teachers=router).fill(rollouts, seqs)
+    settings = LossSettings(icepop=(0.5, 2.0), kl_coef=0.0, temperature=0.7)
+    OBJECTIVES["mopd"](settings, teachers=router).fill(rollouts, seqs)
     assert seqs[0].values["teacher_logprobs"] == [0.0, 0.0, -0.5, -0.5]
     assert seqs[1].values["teacher_logprobs"] == [0.0, 0.0, -3.0, -3.0]  # unmapped domain -> default
-    assert sorted(calls) == ["lazy", "math"]  # one batched call per teacher; the lazy one built on use
+    # one batched call per teacher, the lazy one built on use; both score at the sampling temperature
+    assert sorted(calls) == [("lazy", 0.7), ("math", 0.7)]
+    assert router.defaulted == {"mcqa"}
+
+
+def test_unmapped_domains_are_announced_once(capsys):
+    class Zero:
+        temperature = 1.0
+
+        def logprobs(self, seqs: list[TrainSequence]) -> list[list[float]]:
+            return [[0.0] * len(s.tokens) for s in seqs]
+
+    router = TeacherRouter({"math": Zero(), "default": Zero()}, default="default")
+    seqs = [_rollout(0, 0.0).sequence(trained=True)] * 3
+    router.logprobs(seqs, ["math", "mcqa", "mcqa"])
+    router.logprobs(seqs, ["code", "mcqa", "math"])
+    said = capsys.readouterr().out
+    assert said.count("no teacher of their own") == 2
+    assert "domain 'mcqa' have no teacher of their own (teachers: math)" in said and "'code'" in said
 
 
 def test_mopd_loss_matches_published_formula():
@@ -76,6 +97,25 @@ def test_mopd_loss_matches_published_formula():
     assert float(loss.detach()) == pytest.approx(0.875)
     # reverse-KL estimate: mean of -a over the 3 tokens = (-0.5 + 1.0 - 1.0) / 3
     assert float(metrics["reverse_kl_sum"]) / float(metrics["tokens"]) == pytest.approx(-0.5 / 3)
+
+
+def test_mopd_without_icepop_weights_every_token_by_one():
+    # train -1 vs inference -6: ratio e^5 = 148; teacher -0.5 -> a = 0.5
+    t = {
+        "mask": torch.tensor([[0.0, 1.0]]),
+        "inf_logprobs": torch.tensor([[0.0, -6.0]]),
+        "teacher_logprobs": torch.tensor([[0.0, -0.5]]),
+    }
+    grads = {}
+    for band in (None, (0.5, 2.0)):
+        logprobs = torch.tensor([[0.0, -1.0]], requires_grad=True)
+        objective = OBJECTIVES["mopd"](LossSettings(icepop=band, kl_coef=0.0), teachers=TeacherRouter({}))
+        loss, metrics = objective.loss(logprobs, t, {"tokens": 1.0, "sequences": 1.0})
+        loss.backward()
+        grads[band] = (float(loss.detach()), float(logprobs.grad[0, 1]), float(metrics["icepop_drop_frac_sum"]))
+    # off: w = 1, L = -(1 * 0.5 * -1) = 0.5, dL/dlp = -0.5 (not -148 * 0.5); on: the token is dropped
+    assert grads[None] == pytest.approx((0.5, -0.5, 0.0))
+    assert grads[(0.5, 2.0)] == pytest.approx((0.0, 0.0, 1.0))
 
 
 def test_mopd_requires_teachers():
