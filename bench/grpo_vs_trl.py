@@ -227,10 +227,38 @@ def verify_reward(eos_id: int, tokenizer: Any) -> Callable[..., list[float]]:
     return cascade_verify
 
 
+def trl_config(args: argparse.Namespace, max_steps: int, out_dir: str) -> Any:
+    """``GRPOConfig`` for the same work as our stage (see the module docstring)."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=out_dir,
+        max_steps=max_steps,
+        per_device_train_batch_size=args.prompts * args.group_size,  # the whole generation batch in one micro-batch
+        gradient_accumulation_steps=1,
+        steps_per_generation=1,  # one generation batch = one optimizer step
+        num_iterations=1,  # strictly on-policy
+        num_generations=args.group_size,
+        max_completion_length=args.max_new_tokens,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        beta=0.0,
+        loss_type="dapo",
+        scale_rewards="group",
+        mask_truncated_completions=False,
+        shuffle_dataset=False,  # prompts in our pool's order
+        chat_template_kwargs={"enable_thinking": False},  # our stage's thinking=False generation prompt
+        use_vllm=False,
+        # no gradient checkpointing (ours does not recompute activations in backward), constant LR, AdamW as ours
+        **trl_cpu_args(lr=args.lr, betas=BETAS, grad_clip=1.0, seed=SEED),
+    )
+
+
 def trl_trainer(model_dir: Path, steps: list[list[Prompt]], args: argparse.Namespace, out_dir: str) -> Any:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     class Timed(GRPOTrainer):
         """Records the rollout phase, generation and the trained tokens of every step."""
@@ -276,29 +304,6 @@ def trl_trainer(model_dir: Path, steps: list[list[Prompt]], args: argparse.Names
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    batch = args.prompts * args.group_size
-    config = GRPOConfig(
-        output_dir=out_dir,
-        max_steps=len(steps),
-        per_device_train_batch_size=batch,  # the whole generation batch in one micro-batch
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,  # one generation batch = one optimizer step
-        num_iterations=1,  # strictly on-policy
-        num_generations=args.group_size,
-        max_completion_length=args.max_new_tokens,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        beta=0.0,
-        loss_type="dapo",
-        scale_rewards="group",
-        mask_truncated_completions=False,
-        shuffle_dataset=False,  # prompts in our pool's order
-        chat_template_kwargs={"enable_thinking": False},  # our stage's thinking=False generation prompt
-        use_vllm=False,
-        # no gradient checkpointing (ours does not recompute activations in backward), constant LR, AdamW as ours
-        **trl_cpu_args(lr=args.lr, betas=BETAS, grad_clip=1.0, seed=SEED),
-    )
     dataset = Dataset.from_dict(
         {
             "prompt": [[dict(m) for m in p.messages] for prompts in steps for p in prompts],
@@ -308,7 +313,7 @@ def trl_trainer(model_dir: Path, steps: list[list[Prompt]], args: argparse.Names
     trainer = Timed(
         model=model,
         reward_funcs=[verify_reward(tokenizer.eos_token_id, tokenizer)],
-        args=config,
+        args=trl_config(args, len(steps), out_dir),
         train_dataset=dataset,
         processing_class=tokenizer,
     )
@@ -381,44 +386,8 @@ def profile(model_dir: Path, args: argparse.Namespace, out_dir: str) -> None:
     print_stats(f"profile, TRL, {args.warmup + 2} steps incl. warm-up: by cumulative time", py, "cumulative", 35)
 
 
-# --------------------------------------------------------------------------- main
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per system (warm-up included)")
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
-    parser.add_argument("--group-size", type=int, default=8, help="completions per prompt (num_generations)")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=2, help="first steps not timed")
-    parser.add_argument("--lr", type=float, default=1e-5)
-    parser.add_argument("--pool", type=int, default=256, help="math train prompts to sample from")
-    parser.add_argument("--profile", action="store_true", help="also cProfile a few steps of each system")
-    args = parser.parse_args()
-    if args.steps <= args.warmup:
-        parser.error("--steps must exceed --warmup")
-    if args.group_size < 2:
-        parser.error("--group-size must be at least 2 (TRL requirement)")
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.getLogger("trl").setLevel(logging.ERROR)
-    torch.set_num_threads(1)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "tiny"
-        model, tokenizer = build_tiny("qwen3", seed=SEED, corpus=default_corpus(n_per_domain=40), **MODEL)
-        save(model, tokenizer, model_dir)
-        n_params = sum(p.numel() for p in model.parameters())
-        del model
-
-        ours, drawn = run_ours(model_dir, args)
-        trl, checked = run_trl(model_dir, drawn, args, str(Path(tmp) / "trl"))
-        if args.profile:
-            profile(model_dir, args, str(Path(tmp) / "trl_profile"))
-
+def print_results(ours: Run, trl: Run, args: argparse.Namespace, n_params: int, checked: int) -> None:
+    """The per-step table of both systems, the ours / TRL ratios and the final ``ratio:`` line."""
     print(
         f"\n== GRPO, tiny qwen3 ({n_params / 1e6:.2f}M params, fp32, CPU, torch threads "
         f"{sorted(ours.threads | trl.threads)}): {args.steps} steps ({args.warmup} warm-up not timed), "
@@ -469,6 +438,47 @@ def main() -> None:
         f"total tok/wall-s {a['total_tok_s_wall'] / b['total_tok_s_wall']:.2f}x"
     )
     print(f"ratio: {a['total_tok_s'] / b['total_tok_s']:.2f}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per system (warm-up included)")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    parser.add_argument("--group-size", type=int, default=8, help="completions per prompt (num_generations)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=2, help="first steps not timed")
+    parser.add_argument("--lr", type=float, default=1e-5)
+    parser.add_argument("--pool", type=int, default=256, help="math train prompts to sample from")
+    parser.add_argument("--profile", action="store_true", help="also cProfile a few steps of each system")
+    args = parser.parse_args()
+    if args.steps <= args.warmup:
+        parser.error("--steps must exceed --warmup")
+    if args.group_size < 2:
+        parser.error("--group-size must be at least 2 (TRL requirement)")
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "tiny"
+        model, tokenizer = build_tiny("qwen3", seed=SEED, corpus=default_corpus(n_per_domain=40), **MODEL)
+        save(model, tokenizer, model_dir)
+        n_params = sum(p.numel() for p in model.parameters())
+        del model
+
+        ours, drawn = run_ours(model_dir, args)
+        trl, checked = run_trl(model_dir, drawn, args, str(Path(tmp) / "trl"))
+        if args.profile:
+            profile(model_dir, args, str(Path(tmp) / "trl_profile"))
+
+    print_results(ours, trl, args, n_params, checked)
 
 
 if __name__ == "__main__":

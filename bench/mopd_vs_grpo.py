@@ -477,7 +477,7 @@ def summarize(
 # --------------------------------------------------------------------------- main
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "tiny-cascade", help="finished Cascade run folder")
     parser.add_argument("--steps", type=int, default=40, help="RL steps per method")
@@ -500,24 +500,13 @@ def main() -> None:
         parser.error("--steps, --every and --seeds must be positive")
     if args.trl_steps <= args.trl_warmup:
         parser.error("--trl-steps must exceed --trl-warmup")
+    return args
 
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.getLogger("trl").setLevel(logging.ERROR)
-    torch.set_num_threads(1)  # the CPU is shared; also what the TRL comparison runs on
-    started = time.perf_counter()
-
-    run_dir = args.run.resolve()
-    setup = read_run(run_dir)
-    mopd = setup.stage.model_copy(update={"steps": args.steps})
-    grpo = grpo_stage(mopd, args.grpo_filtering == "on")
-    with quiet():
-        router, used = build_teachers(setup.stage, setup.config, setup.ledger, DTYPE)
-    chosen: dict[str, str] = used["domains"]
-    cfg = eval_config(setup, args.eval_n, args.eval_samples)
-
+def print_plan(
+    setup: Setup, run_dir: Path, mopd: RLStage, grpo: RLStage, cfg: EvalConfig, args: argparse.Namespace
+) -> None:
+    """What is compared: start checkpoint, teachers' ledger rows, both methods' settings, the held-out evaluation."""
     print(f"== MOPD vs multi-domain GRPO on {run_dir}")
     print(
         f"start checkpoint: {short(setup.start_dir, run_dir)} (stage {setup.start_name!r}, the model the recipe's "
@@ -545,34 +534,66 @@ def main() -> None:
         f"seed {cfg.seed}, {'thinking' if setup.thinking else 'direct'} mode, every {args.every} steps"
     )
 
+
+def score_start_and_teachers(
+    setup: Setup, run_dir: Path, chosen: Mapping[str, str], cfg: EvalConfig, tmp: Path
+) -> tuple[dict[str, Score], dict[str, Score], set[str]]:
+    """Held-out scores of the start checkpoint and of each domain's teacher, printed as a table.
+
+    Returns (start scores, teacher scores, the domains whose teacher is the start checkpoint itself)."""
+    note("evaluating the teachers and the start checkpoint ...")
+    model, tokenizer = load(setup.start_dir, dtype=DTYPE)
+    step0 = eval_student(model, tokenizer, cfg, tmp)
+    del model
+    # A teacher that is the start checkpoint itself scores exactly the step-0 score (same eval seed).
+    same = {d for d, p in chosen.items() if Path(p).resolve() == setup.start_dir.resolve()}
+    teachers = {d: step0[d] for d in same}
+    teachers |= eval_teachers({d: p for d, p in chosen.items() if d not in same}, cfg, setup.thinking, tmp)
+
+    print("\n== teachers (held-out, same evaluation settings)")
+    print_table(
+        ["domain", "teacher checkpoint", "ledger score", "teacher score", "start score", "gap"],
+        [
+            [
+                d,
+                short(chosen[d], run_dir),
+                _ledger_score(setup.ledger, chosen[d], d, setup.thinking),
+                teachers[d].text(),
+                step0[d].text(),
+                f"{teachers[d].avg - step0[d].avg:+.3f}",
+            ]
+            for d in setup.domains
+        ],
+    )
+    ses = [s.se for s in (*step0.values(), *teachers.values())]
+    print(f"standard error of one evaluation: {min(ses):.3f}-{max(ses):.3f} (over prompts)")
+    return step0, teachers, same
+
+
+def main() -> None:
+    args = parse_args()
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    torch.set_num_threads(1)  # the CPU is shared; also what the TRL comparison runs on
+    started = time.perf_counter()
+
+    run_dir = args.run.resolve()
+    setup = read_run(run_dir)
+    mopd = setup.stage.model_copy(update={"steps": args.steps})
+    grpo = grpo_stage(mopd, args.grpo_filtering == "on")
+    with quiet():
+        router, used = build_teachers(setup.stage, setup.config, setup.ledger, DTYPE)
+    chosen: dict[str, str] = used["domains"]
+    cfg = eval_config(setup, args.eval_n, args.eval_samples)
+    print_plan(setup, run_dir, mopd, grpo, cfg, args)
+
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        note("evaluating the teachers and the start checkpoint ...")
-        model, tokenizer = load(setup.start_dir, dtype=DTYPE)
-        step0 = eval_student(model, tokenizer, cfg, tmp)
-        del model
-        # A teacher that is the start checkpoint itself scores exactly the step-0 score (same eval seed).
-        same = {d: p for d, p in chosen.items() if Path(p).resolve() == setup.start_dir.resolve()}
-        teachers = {d: step0[d] for d in same}
-        teachers |= eval_teachers({d: p for d, p in chosen.items() if d not in same}, cfg, setup.thinking, tmp)
-
-        print("\n== teachers (held-out, same evaluation settings)")
-        print_table(
-            ["domain", "teacher checkpoint", "ledger score", "teacher score", "start score", "gap"],
-            [
-                [
-                    d,
-                    short(chosen[d], run_dir),
-                    _ledger_score(setup.ledger, chosen[d], d, setup.thinking),
-                    teachers[d].text(),
-                    step0[d].text(),
-                    f"{teachers[d].avg - step0[d].avg:+.3f}",
-                ]
-                for d in setup.domains
-            ],
-        )
-        ses = [s.se for s in (*step0.values(), *teachers.values())]
-        print(f"standard error of one evaluation: {min(ses):.3f}-{max(ses):.3f} (over prompts)")
+        step0, teachers, same = score_start_and_teachers(setup, run_dir, chosen, cfg, tmp)
 
         runs: dict[str, list[MethodRun]] = {m: [] for m in METHODS}
         stages = {"MOPD": mopd, "GRPO": grpo}
