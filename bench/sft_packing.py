@@ -364,7 +364,7 @@ def throughput(profile_it: bool) -> tuple[float, float]:
             leak = check_trl_packs_without_leaks(make_model(), tokenizer, samples, out_dir)
         print(f"TRL padding-free check: packed micro-batch vs its samples alone, max |log-prob diff| = {leak:.2e}")
         auto = run_ours("ours, as run_sft builds it", make_model(), tokenizer, samples, layout=None)
-        other = "packed" if auto.name.endswith("[padded]") else "padded"
+        other = "padded" if auto.name.endswith("[packed]") else "packed"
         forced = run_ours("ours, layout forced", make_model(), tokenizer, samples, layout=other)
         with quiet():
             trl = run_trl(make_model(), tokenizer, samples, out_dir)
