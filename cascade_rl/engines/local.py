@@ -38,6 +38,27 @@ def supports_packing(model: PreTrainedModel) -> bool:
     return model.config.model_type not in UNPACKABLE_MODEL_TYPES
 
 
+# Config fields with which a model transforms its logits after the LM-head matmul (Gemma-2/3,
+# Granite, Cohere): the trainer's chunked log-probs would miss them, so such heads are refused.
+LOGIT_TRANSFORMS = {"final_logit_softcapping": None, "logits_scaling": 1.0, "logit_scale": 1.0}
+
+
+def check_plain_lm_head(model: PreTrainedModel) -> None:
+    """The trainer scores tokens as ``log_softmax(hidden @ lm_head.weight.T / T)`` without calling the head;
+    refuse a model whose head does more (a bias, scaling, soft-capping) rather than mis-score it."""
+    config, head = model.config, model.get_output_embeddings()
+    problems = [
+        f"{k}={getattr(config, k)!r}" for k, plain in LOGIT_TRANSFORMS.items() if getattr(config, k, plain) != plain
+    ]
+    if getattr(head, "bias", None) is not None:
+        problems.append("a bias on the LM head")
+    if problems:
+        raise ValueError(
+            f"{config.model_type}: the LM head applies {', '.join(problems)} to its logits; the trainer computes "
+            "log-probs from the head's weight alone, so this model is not supported"
+        )
+
+
 # Attention kernels that take an arbitrary 4D mask (what shared-prefix rows need); FlashAttention's
 # varlen interface can only isolate whole documents, not let several suffixes share one prefix.
 DENSE_MASK_ATTENTION = ("sdpa", "eager")
@@ -82,6 +103,7 @@ class LocalScorer:
     def __init__(
         self, model: PreTrainedModel, *, token_budget: int = 4096, chunk_size: int = 1024, layout: str = "auto"
     ) -> None:
+        check_plain_lm_head(model)
         self.model = model
         self.token_budget = token_budget
         self.chunk_size = chunk_size

@@ -142,6 +142,19 @@ def test_nemotron_h_refuses_packing(family_model):
         assert choose_layout(model, "packed") == "packed"
 
 
+def test_heads_that_transform_logits_are_refused():
+    model, _ = build_tiny("qwen3", corpus=small_corpus(), vocab_size=600, **TINY)
+    LocalScorer(model)  # a plain head: accepted
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match=r"applies final_logit_softcapping=30\.0 to its logits"):
+        LocalScorer(model)
+    model.config.final_logit_softcapping = None
+    head = model.get_output_embeddings()
+    head.bias = torch.nn.Parameter(torch.zeros(head.out_features))
+    with pytest.raises(ValueError, match="a bias on the LM head"):
+        LocalPolicy(model, None, lr=1e-3, total_steps=1)
+
+
 def test_frozen_parameters_are_not_updated(family_model):
     from cascade_rl.config import OptimConfig
     from cascade_rl.loops.common import build_policy
