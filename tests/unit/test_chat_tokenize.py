@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cascade_rl.chat import encode_prompt, render, tokenize_conversation
 from tests.conftest import load_vectors
 
@@ -24,18 +26,29 @@ def test_ids_equal_plain_tokenization(tokenizer):
     assert len(mask) == len(ids)
 
 
-def test_mask_decodes_to_exactly_the_assistant_text(tokenizer):
+def test_mask_decodes_to_exactly_what_the_model_writes(tokenizer):
     ids, mask = tokenize_conversation(tokenizer, CONVERSATION)
-    # The first turn lost its reasoning (history truncation), the last keeps it.
-    expected = (
-        "<think></think>\nThe answer is 5.<|im_end|>" + "<think>\n4 + 4 = 8.\n</think>\nThe answer is 8.<|im_end|>"
-    )
+    # The first turn lost its reasoning (history truncation) and keeps an empty think block; the last
+    # keeps its reasoning after the "<think>\n" that the thinking generation prompt supplies.
+    expected = "\nThe answer is 5.<|im_end|>" + "4 + 4 = 8.\n</think>\nThe answer is 8.<|im_end|>"
     assert _masked_text(tokenizer, ids, mask) == expected
+
+
+@pytest.mark.parametrize("thinking", [True, False])
+def test_prompt_plus_supervised_tokens_is_the_conversation(tokenizer, thinking):
+    """At inference the model gets the generation prompt and writes the rest: exactly the masked tokens."""
+    messages = (
+        CONVERSATION if thinking else [{k: v for k, v in m.items() if k != "reasoning_content"} for m in CONVERSATION]
+    )
+    ids, mask = tokenize_conversation(tokenizer, messages, enable_thinking=thinking, last_turn_only=True)
+    prompt = render(messages[:-1], add_generation_prompt=True, enable_thinking=thinking)
+    assert prompt + _masked_text(tokenizer, ids, mask) + "\n" == render(messages, enable_thinking=thinking)
+    assert not _masked_text(tokenizer, ids, mask).startswith("<think>")
 
 
 def test_last_turn_only(tokenizer):
     ids, mask = tokenize_conversation(tokenizer, CONVERSATION, last_turn_only=True)
-    assert _masked_text(tokenizer, ids, mask) == "<think>\n4 + 4 = 8.\n</think>\nThe answer is 8.<|im_end|>"
+    assert _masked_text(tokenizer, ids, mask) == "4 + 4 = 8.\n</think>\nThe answer is 8.<|im_end|>"
 
 
 def test_mask_is_one_run_per_assistant_turn_on_golden_vectors(tokenizer):
