@@ -21,6 +21,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check cascade_rl tests bench
+	$(VENV)/bin/ruff format --check cascade_rl tests bench
 	$(PY) -m pytest -q -x tests
 
 demo: $(STAMP)
