@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -248,6 +249,12 @@ class LocalPolicy(LocalScorer):
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"grad_norm": float(norm), "lr": lr}
+
+    def skip_step(self) -> None:
+        """No update this step (nothing to train on), but the LR schedule keeps its pace."""
+        with warnings.catch_warnings():  # torch warns when the schedule moves before any optimizer step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+            self.scheduler.step()
 
     def state_dict(self) -> Mapping[str, torch.Tensor]:
         return self.model.state_dict()

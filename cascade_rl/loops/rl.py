@@ -196,7 +196,8 @@ def update(
         for seq, lp in zip(seqs, reference.logprobs(seqs), strict=True):
             seq.values["ref_logprobs"] = lp
     norm = {"tokens": float(sum(sum(s.mask) for s in seqs)), "sequences": float(sum(any(s.mask) for s in seqs))}
-    if norm["tokens"] == 0:
+    if norm["tokens"] == 0:  # every response overlong-filtered
+        policy.skip_step()
         return {"skipped_update": 1.0}
     batch = TrainBatch(seqs, num_tokens=norm["tokens"], num_sequences=norm["sequences"])
 

@@ -142,3 +142,20 @@ def test_per_domain_diagnostics():
     # mcqa: one token, lp - teacher = -2 - (-1) = -1; the masked third token does not count
     assert means["reverse_kl/mcqa"] == pytest.approx(-1.0)
     assert means["loss"] == 1.0 and not any("@" in k for k in means)
+
+
+def test_an_all_overlong_batch_skips_the_update_but_not_the_schedule():
+    from cascade_rl.config import OptimConfig, RLStage
+    from cascade_rl.loops.common import build_policy
+    from cascade_rl.loops.rl import build_objective, update
+    from cascade_rl.model.tiny import build_tiny
+    from tests.conftest import small_corpus
+
+    model, tokenizer = build_tiny("qwen3", corpus=small_corpus(), vocab_size=600, hidden_size=32, num_hidden_layers=1)
+    stage = RLStage(name="rl", prompts=[{"task": "math"}], overlong_filtering=True)
+    policy = build_policy(model, tokenizer, OptimConfig(lr=1e-3, warmup_steps=4), 10, 4096)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rollouts = [Rollout(0, "math", [5, 6], [7, 8], [-1.0, -1.0], truncated=True, reward=float(i)) for i in range(2)]
+    assert update(policy, build_objective(stage, None), rollouts, stage, None) == {"skipped_update": 1.0}
+    assert policy.scheduler.last_epoch == 1  # the warm-up moved on by one step
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
