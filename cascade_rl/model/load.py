@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,11 +132,25 @@ def load(
     return model.to(device), tokenizer
 
 
+@contextmanager
+def _quiet_progress() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
     """Write an ordinary Hugging Face folder: safetensors weights, config, tokenizer, chat template."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    with _quiet_progress():  # one shard per tiny checkpoint: a progress bar per save is noise in the run's output
+        model.save_pretrained(path, safe_serialization=True)
     prepare_tokenizer(tokenizer)
     tokenizer.save_pretrained(path)
     # Older consumers read the template from tokenizer_config.json; newer ones from the .jinja file.
