@@ -4,7 +4,8 @@ The published experiment: MOPD (dense token-level advantage log pi_teacher - log
 the teacher's score within far fewer steps than GRPO (sequence-level rewards). This benchmark
 repeats it on a finished Cascade run folder:
 
-  * start checkpoint: the model the pipeline's MOPD stage started from (the stage right before it);
+  * start checkpoint: the model the pipeline's MOPD stage started from (the stage right before it),
+    or with ``--start STAGE`` an earlier one, further from the teachers;
   * teachers: chosen per domain from the ledger rows up to that stage, by the pipeline's own
     ``build_teachers`` (``choose_teachers`` + the default teacher), i.e. exactly what the MOPD stage got;
   * (a) MOPD: the recipe's MOPD stage as it is (``advantage: mopd``, no dynamic filtering);
@@ -29,7 +30,7 @@ Then our MOPD step is timed against TRL ``DistillationTrainer`` on the same stud
 checkpoint for every domain, since TRL takes one teacher) and batches; see ``bench/_mopd_step_time.py``.
 
 Usage: .venv/bin/python bench/mopd_vs_grpo.py [--run runs/tiny-cascade] [--steps 40] [--every 5]
-       [--seeds 1] [--eval-n 200] [--eval-samples 2] [--margin 0.05] [--grpo-filtering on|off]
+       [--seeds 1] [--eval-n 200] [--eval-samples 2] [--margin 0.05] [--start STAGE] [--grpo-filtering on|off]
        [--skip-trl] [--trl-steps 4] [--trl-warmup 1]
 Defaults take about 5 minutes on 2 CPU cores (one torch thread); each extra seed adds about 5.
 The last line printed is ``ratio: X.XX`` = mean steps GRPO needs to reach teacher level over the
@@ -96,20 +97,23 @@ class Setup:
     thinking: bool
 
 
-def read_run(run: Path) -> Setup:
+def read_run(run: Path, start: str | None = None) -> Setup:
+    """The run's MOPD stage, its teachers' ledger, and the start checkpoint: by default the model MOPD
+    started from; ``start`` names an earlier stage (or "base") to start both methods further from the teachers."""
     config: PipelineConfig = load_config(run / "recipe.yaml")
     index = next((i for i, s in enumerate(config.stages) if isinstance(s, MOPDStage)), None)
     if index is None:
         raise SystemExit(f"{run}/recipe.yaml has no mopd stage")
     stage = config.stages[index]
     assert isinstance(stage, MOPDStage)
-    if index == 0:
-        start_name, start_dir = "base", run / "base" / "model"
-    else:
-        start_name = config.stages[index - 1].name
-        start_dir = run / "stages" / f"{index - 1:02d}-{start_name}" / "model"
+    names = ["base", *(s.name for s in config.stages[:index])]
+    start_name = start or names[-1]
+    if start_name not in names:
+        raise SystemExit(f"--start {start_name!r}: expected one of {', '.join(names)} (the stages before MOPD)")
+    position = names.index(start_name) - 1
+    start_dir = run / "base" / "model" if position < 0 else run / "stages" / f"{position:02d}-{start_name}" / "model"
     if not (start_dir / "config.json").is_file():
-        raise SystemExit(f"{start_dir} is missing: the run has not finished the stage before MOPD")
+        raise SystemExit(f"{start_dir} is missing: the run has not finished that stage")
     # The ledger as it stood when MOPD started: base plus the stages before it (later rows, MOPD's own
     # included, must not pick teachers). Checkpoint paths are made absolute: a run written with a
     # relative output_dir stores them relative to where the pipeline ran (the repository root).
@@ -487,6 +491,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-samples", type=int, default=2, help="samples per held-out prompt")
     parser.add_argument("--margin", type=float, default=0.05, help="teacher level = teacher score - margin")
     parser.add_argument(
+        "--start",
+        default=None,
+        help="stage whose checkpoint both methods start from (default: the one the recipe's MOPD started from)",
+    )
+    parser.add_argument(
         "--grpo-filtering",
         choices=("on", "off"),
         default="on",
@@ -508,10 +517,12 @@ def print_plan(
 ) -> None:
     """What is compared: start checkpoint, teachers' ledger rows, both methods' settings, the held-out evaluation."""
     print(f"== MOPD vs multi-domain GRPO on {run_dir}")
+    origin = (
+        "chosen with --start" if args.start else f"the model the recipe's MOPD stage {setup.stage.name!r} started from"
+    )
     print(
-        f"start checkpoint: {short(setup.start_dir, run_dir)} (stage {setup.start_name!r}, the model the recipe's "
-        f"MOPD stage {setup.stage.name!r} started from); teachers from ledger rows "
-        f"{', '.join(r.stage for r in setup.ledger.rows)}"
+        f"start checkpoint: {short(setup.start_dir, run_dir)} (stage {setup.start_name!r}, {origin}); "
+        f"teachers from ledger rows {', '.join(r.stage for r in setup.ledger.rows)}"
     )
     print(
         f"both: {mopd.prompts_per_step} prompts x {mopd.group_size} rollouts per step, {args.steps} steps, "
@@ -582,7 +593,7 @@ def main() -> None:
     started = time.perf_counter()
 
     run_dir = args.run.resolve()
-    setup = read_run(run_dir)
+    setup = read_run(run_dir, args.start)
     mopd = setup.stage.model_copy(update={"steps": args.steps})
     grpo = grpo_stage(mopd, args.grpo_filtering == "on")
     with quiet():
