@@ -119,7 +119,9 @@ def read_run(run: Path, start: str | None = None) -> Setup:
     # relative output_dir stores them relative to where the pipeline ran (the repository root).
     before = {"base", *(s.name for s in config.stages[:index])}
     full = Ledger.load(run)
-    rows = [LedgerRow(**{**vars(r), "checkpoint": str(resolve(r.checkpoint, run))}) for r in full.rows]
+    rows = [
+        LedgerRow(**{**vars(r), "checkpoint": str(resolve(r.checkpoint, run, config.output_dir))}) for r in full.rows
+    ]
     ledger = Ledger([r for r in rows if r.stage in before])
     missing = sorted(before - {r.stage for r in ledger.rows})
     if missing:
@@ -130,11 +132,16 @@ def read_run(run: Path, start: str | None = None) -> Setup:
     return Setup(config, stage, start_name, start_dir, ledger, domains, thinking)
 
 
-def resolve(path: str, run: Path) -> Path:
-    for candidate in (Path(path), ROOT / path, run / path):
-        if (candidate / "config.json").is_file():
-            return candidate.resolve()
-    return Path(path)
+def resolve(path: str, run: Path, output_dir: str) -> Path:
+    """A ledger checkpoint inside this run folder. The pipeline writes them under its ``output_dir``, as
+    seen from where it ran; a run folder copied or read from elsewhere has them under ``run`` instead."""
+    relative = Path(path)
+    if not relative.is_absolute() and relative.is_relative_to(output_dir):
+        relative = relative.relative_to(output_dir)
+    candidate = run / relative if not relative.is_absolute() else relative
+    if not (candidate / "config.json").is_file():
+        raise SystemExit(f"ledger checkpoint {path} not found in {run}")
+    return candidate.resolve()
 
 
 def eval_config(setup: Setup, n: int, samples: int) -> EvalConfig:
