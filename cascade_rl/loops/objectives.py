@@ -221,9 +221,9 @@ class TeacherRouter:
             raise KeyError(
                 f"no teacher for domain {domain!r} and no default teacher; teachers: {sorted(self._scorers)}"
             )
-        if domain not in self.defaulted:
+        own = ", ".join(sorted(set(self._scorers) - {self.default}))
+        if own and domain not in self.defaulted:  # a router with only the default teacher has nothing to say
             self.defaulted.add(domain)
-            own = ", ".join(sorted(set(self._scorers) - {self.default}))
             console.print(
                 f"[yellow]MOPD:[/yellow] prompts of domain {domain!r} have no teacher of their own "
                 f"(teachers: {own}); the default teacher scores them",

@@ -81,6 +81,8 @@ def test_unmapped_domains_are_announced_once(capsys):
     said = capsys.readouterr().out
     assert said.count("no teacher of their own") == 2
     assert "domain 'mcqa' have no teacher of their own (teachers: math)" in said and "'code'" in said
+    TeacherRouter({"default": Zero()}, default="default").logprobs(seqs, ["math"])  # one teacher for all
+    assert capsys.readouterr().out == ""
 
 
 def test_mopd_loss_matches_published_formula():
