@@ -17,6 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 VECTORS = REPO.parent / "shared" / "testdata" / "chat_template_vectors.jsonl"
 
 
+# A two-layer qwen3 small enough that building it costs less than training its tokenizer.
+TINY_QWEN3: dict[str, int] = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+    "head_dim": 32,
+}
+
+
 def load_vectors() -> list[dict[str, Any]]:
     if not VECTORS.is_file():
         raise FileNotFoundError(f"golden chat-template vectors not found at {VECTORS}")

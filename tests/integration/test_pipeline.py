@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import TINY_QWEN3
+
 REPO = Path(__file__).resolve().parents[2]
 
 RECIPE = {
@@ -21,14 +23,7 @@ RECIPE = {
     "model": {
         "spec": "tiny:qwen3",
         "vocab_size": 512,
-        "tiny": {
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "head_dim": 32,
-        },
+        "tiny": TINY_QWEN3,
     },
     "eval": {
         "domains": [{"task": "math", "n": 12}, {"task": "mcqa", "n": 12}],

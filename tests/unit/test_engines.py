@@ -10,16 +10,8 @@ from cascade_rl.engines.base import SamplingParams, TrainSequence
 from cascade_rl.engines.local import LocalGenerator, LocalPolicy, LocalScorer, choose_layout, sample_next
 from cascade_rl.engines.sampling import inverse_cdf_sample
 from cascade_rl.model.tiny import build_tiny
+from tests.conftest import TINY_QWEN3 as TINY
 from tests.conftest import small_corpus
-
-TINY = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "num_key_value_heads": 1,
-    "head_dim": 32,
-}
 
 
 @pytest.fixture(scope="module", params=["qwen3", "qwen3_moe", "nemotron_h"])

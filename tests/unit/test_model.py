@@ -18,19 +18,12 @@ from cascade_rl.engines.base import SamplingParams
 from cascade_rl.engines.local import LocalGenerator
 from cascade_rl.model import ModelSpecError, load, save, train_tokenizer
 from cascade_rl.model.tiny import PAD
-from tests.conftest import load_vectors, small_corpus
+from tests.conftest import TINY_QWEN3, load_vectors, small_corpus
 
 VOCAB = 512
 # Small enough that a load is dominated by tokenizer training, not by initialisation.
 OVERRIDES: dict[str, dict[str, Any]] = {
-    "qwen3": {
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "head_dim": 32,
-    },
+    "qwen3": TINY_QWEN3,
     "qwen3_moe": {
         "hidden_size": 64,
         "intermediate_size": 128,
