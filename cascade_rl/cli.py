@@ -169,7 +169,7 @@ def eval_(
     scores = evaluate(lm, tokenizer, cfg, samples_file=out)
     for s in scores:
         console.print(
-            f"{s.key:24s} avg@{s.samples}={s.avg:.3f} pass@{s.samples}={s.pass_at_k:.3f} "
+            f"{s.key:24s} avg@{s.samples}={s.avg:.3f} ± {s.stderr:.3f} pass@{s.samples}={s.pass_at_k:.3f} "
             f"(n={s.prompts}, truncated {s.truncation_rate:.1%})",
             highlight=False,
         )
