@@ -62,7 +62,7 @@ def no_leaks(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "cascade-sandbox-*")))
     yield
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + SLACK
     while _sandbox_pids() and time.monotonic() < deadline:
         time.sleep(0.05)  # the kernel may still be tearing a pid namespace down
     assert _sandbox_pids() == []
