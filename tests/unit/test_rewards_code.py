@@ -14,13 +14,13 @@ ADD_CASES = {
         {"input": "10 -4", "output": "6"},
         {"input": "0 0\n", "output": "0\n\n"},
     ],
-    "timeout": 2,
+    "timeout": 10,  # generous: a loaded machine starts the sandboxed interpreter slowly
 }
 HE = {
     "type": "code",
     "test": "def check(candidate):\n    assert candidate([1, 2, 3]) == 6\n    assert candidate([]) == 0\n",
     "entry_point": "total",
-    "timeout": 2,
+    "timeout": 10,  # generous: a loaded machine starts the sandboxed interpreter slowly
 }
 
 

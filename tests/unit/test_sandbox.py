@@ -24,7 +24,7 @@ HE_SPEC = {
     "type": "code",
     "test": "def check(candidate):\n    assert candidate(2) == 4\n    assert candidate(5) == 10\n",
     "entry_point": "double",
-    "timeout": 2,
+    "timeout": 10,  # generous: a loaded machine starts the sandboxed interpreter slowly
 }
 
 
