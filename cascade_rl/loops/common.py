@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from cascade_rl.checkpoint import atomic_directory, latest_checkpoint, load_trainer_state, save_checkpoint
 from cascade_rl.config import OptimConfig
 from cascade_rl.engines.local import LocalPolicy
+from cascade_rl.logging import console
 from cascade_rl.model.load import save
 
 
@@ -48,14 +49,15 @@ def load_weights_into(model: PreTrainedModel, folder: Path) -> None:
     model.load_state_dict(saved.state_dict())
 
 
-def resume(run_dir: Path, policy: LocalPolicy) -> tuple[int, dict[str, Any]]:
-    """Restore the newest complete checkpoint of ``run_dir``: (next step, saved state); (0, {}) if none."""
+def resume(run_dir: Path, policy: LocalPolicy, name: str, total_steps: int) -> int:
+    """Restore the newest complete checkpoint of ``run_dir`` (and say so); the step to continue from, 0 if none."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
-        return 0, {}
+        return 0
     load_weights_into(policy.model, ckpt / "model")
-    state = load_trainer_state(ckpt, policy.optimizer, policy.scheduler)
-    return int(state["step"]), state
+    step = int(load_trainer_state(ckpt, policy.optimizer, policy.scheduler)["step"])
+    console.print(f"[{name}] resuming at step {step}/{total_steps}", markup=False, highlight=False)
+    return step
 
 
 def checkpoint(run_dir: Path, step: int, policy: LocalPolicy, state: Mapping[str, Any]) -> Path:

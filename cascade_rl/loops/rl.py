@@ -23,7 +23,7 @@ from cascade_rl.config import RLStage
 from cascade_rl.data.build import prompts_for
 from cascade_rl.engines.base import Generator, SamplingParams, Scorer, TrainBatch
 from cascade_rl.engines.local import LocalGenerator, LocalPolicy, LocalScorer
-from cascade_rl.logging import MetricsLogger, console, progress_bar
+from cascade_rl.logging import MetricsLogger, progress_bar
 from cascade_rl.loops.common import build_policy, checkpoint, resume, save_final, set_seed
 from cascade_rl.loops.objectives import (
     OBJECTIVES,
@@ -229,9 +229,7 @@ def run_rl(
     policy = build_policy(model, tokenizer, stage.optim, stage.steps, token_budget=4096)
     policy.temperature = stage.temperature
     generator = LocalGenerator(model)
-    start, _ = resume(run_dir, policy)
-    if start:
-        console.print(f"[{stage.name}] resuming at step {start}/{stage.steps}")
+    start = resume(run_dir, policy, stage.name, stage.steps)
     own_logger = logger is None
     logger = logger or MetricsLogger(run_dir)
     try:

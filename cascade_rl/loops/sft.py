@@ -91,9 +91,7 @@ def run_sft(
     console.print(report, markup=False, highlight=False, soft_wrap=True)
     plan = step_plan(samples, stage)
     policy = build_policy(model, tokenizer, stage.optim, len(plan), stage.pack_length)
-    start, _ = resume(run_dir, policy)
-    if start:
-        console.print(f"[{stage.name}] resuming at step {start}/{len(plan)}")
+    start = resume(run_dir, policy, stage.name, len(plan))
     own_logger = logger is None
     logger = logger or MetricsLogger(run_dir)
     try:
