@@ -289,17 +289,15 @@ def mopd_loss(
     *,
     normalizer: Normalizer,
     reduction: str = "seq_mean",
-    low: float = 0.5,
-    high: float = 2.0,
-    icepop: bool = True,
+    icepop: tuple[float, float] | None = (0.5, 2.0),
     reward_adv_BT: torch.Tensor | None = None,
     reward_weight: float = 0.0,
 ) -> tuple[torch.Tensor, Metrics]:
     """Multi-domain on-policy distillation loss (SPEC §5).
 
     ``a_t = sg(log π_teacher - log π_train) [+ reward_weight · A_reward]``;
-    ``r_t = exp(log π_train - log π_inf)``; ``w_t = sg(r_t) · 1[low ≤ r_t ≤ high]``
-    (``icepop=False``: ``w_t = 1``, no correction for the train / inference mismatch);
+    ``r_t = exp(log π_train - log π_inf)``; ``w_t = sg(r_t) · 1[low ≤ r_t ≤ high]`` for
+    ``icepop=(low, high)`` (``icepop=None``: ``w_t = 1``, no train / inference mismatch correction);
 
     * ``seq_mean``:   ``L = -(1/normalizer) Σ_b (1/|y_b|) Σ_t w_t a_t log π_train(y_t)``,
       normalizer = sequences of the whole step (the published objective);
@@ -327,8 +325,8 @@ def mopd_loss(
     adv_BT = distill_adv_BT
     if reward_adv_BT is not None and reward_weight != 0.0:
         adv_BT = adv_BT + reward_weight * at_least_fp32(reward_adv_BT.detach())
-    if icepop:
-        w_BT, dropped_BT = icepop_weights(logprobs_BT, inf_logprobs_BT, low, high)
+    if icepop is not None:
+        w_BT, dropped_BT = icepop_weights(logprobs_BT, inf_logprobs_BT, *icepop)
     else:
         w_BT, dropped_BT = torch.ones_like(mask_BT, dtype=torch.float32), torch.zeros_like(mask_BT, dtype=torch.bool)
     loss = reduce(-(w_BT * adv_BT) * at_least_fp32(logprobs_BT), mask_BT, normalizer)

@@ -188,7 +188,6 @@ class MOPD:
                 seq.values["advantages"] = [0.0] * len(r.prompt_tokens) + [reward_adv[i]] * len(r.tokens)
 
     def loss(self, logprobs_SL: torch.Tensor, t: Mapping[str, torch.Tensor], norm: Mapping[str, float]) -> Loss:
-        low, high = self.settings.icepop or (0.0, 0.0)
         normalizer = norm["sequences"] if self.settings.reduction == "seq_mean" else norm["tokens"]
         loss = mopd_loss(
             logprobs_SL,
@@ -197,9 +196,7 @@ class MOPD:
             t["mask"],
             normalizer=normalizer,
             reduction=self.settings.reduction,
-            low=low,
-            high=high,
-            icepop=self.settings.icepop is not None,
+            icepop=self.settings.icepop,
             reward_adv_BT=t.get("advantages"),
             reward_weight=self.settings.reward_weight,
         )
