@@ -201,13 +201,10 @@ def _assistant_turn(message: Mapping[str, Any], keep_thinking: bool, where: str)
 
 
 def _check_message(message: Any, i: int) -> None:
+    # A missing 'content' is not an error: the Jinja template reads it as '' for every role
+    # (``m.content if m.content else ''``, ``Undefined | string``), and render must match it.
     if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
-        raise ChatFormatError(f"message {i}: expected a mapping with a 'role' string and 'content', got {message!r}")
-    role = message["role"]
-    if "content" not in message and not (
-        role == "assistant" and ("tool_calls" in message or "reasoning_content" in message)
-    ):
-        raise ChatFormatError(f"message {i} ({role}): missing 'content'")
+        raise ChatFormatError(f"message {i}: expected a mapping with a 'role' string, got {message!r}")
     calls = message.get("tool_calls")
     if calls is not None and not isinstance(calls, list | tuple):
         raise ChatFormatError(f"message {i}: 'tool_calls' must be a list, got {type(calls).__name__}")
@@ -225,7 +222,7 @@ def render_with_spans(
     for i, message in enumerate(messages):
         _check_message(message, i)
     offset = 1 if messages and messages[0]["role"] == "system" else 0
-    system = _jinja_str(messages[0]["content"]) if offset else ""
+    system = _jinja_str(messages[0].get("content", "")) if offset else ""
     loop = list(messages[offset:])
     last_user = max((j for j, m in enumerate(loop) if m["role"] == "user"), default=-1)
 
@@ -244,7 +241,7 @@ def render_with_spans(
             closes = j == len(loop) - 1 or loop[j + 1]["role"] != "tool"
             piece = (
                 (f"{IM_START}user\n" if opens else "")
-                + f"<tool_response>\n{_jinja_str(message['content'])}\n</tool_response>\n"
+                + f"<tool_response>\n{_jinja_str(message.get('content', ''))}\n</tool_response>\n"
                 + (f"{IM_END}\n" if closes else "")
             )
         else:
@@ -267,9 +264,9 @@ def render(
     """Render an OpenAI-shaped conversation in the Cascade-2 format.
 
     Args:
-        messages: ``{"role", "content", "reasoning_content"?, "tool_calls"?}`` mappings; a first
-            system message becomes the system block; ``tool`` messages become ``<tool_response>``
-            blocks inside a user turn.
+        messages: ``{"role", "content"?, "reasoning_content"?, "tool_calls"?}`` mappings (a missing
+            ``content`` renders as empty, as in the Jinja template); a first system message becomes
+            the system block; ``tool`` messages become ``<tool_response>`` blocks inside a user turn.
         tools: OpenAI function schemas, listed in the system block as XML.
         add_generation_prompt: end with the assistant header (and ``<think>`` opener).
         enable_thinking: the generation prompt opens a ``<think>`` block (else closes an empty one).
