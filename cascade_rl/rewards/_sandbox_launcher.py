@@ -111,24 +111,22 @@ def _world_reachable(path: str) -> bool:
     return True
 
 
-def _expose(path: str, fd: int) -> None:
+def _expose(path: str, fd: int) -> bool:
     """Make ``path`` reachable again: under a private scratch tmpfs (e.g. a venv in /tmp), or after its
-    first non-traversable ancestor was hidden."""
+    first non-traversable ancestor was hidden. Returns whether ``path`` is now a bind mount."""
     if not os.path.isdir(path):
         os.makedirs(path, mode=0o755, exist_ok=True)
         _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-        return
-    parts = path.strip("/").split("/")
+        return True
     prefix = ""
-    for i, part in enumerate(parts):
+    for part in path.strip("/").split("/"):
         prefix += "/" + part
         if os.stat(prefix).st_mode & 0o001 == 0:
             _mount("tmpfs", prefix, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=64k")
             os.makedirs(path, mode=0o755, exist_ok=True)
             _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-            return
-        if i == len(parts) - 1:
-            return
+            return True
+    return False  # reachable as it is: part of a mount the read-only pass over "/" covers
 
 
 def _setup_mounts(cfg: dict[str, Any], iso: list[str]) -> str:
@@ -143,13 +141,14 @@ def _setup_mounts(cfg: dict[str, Any], iso: list[str]) -> str:
     iso.append("private_tmp")
     os.mkdir(SANDBOX_DIR, 0o755)
     _mount(f"/proc/self/fd/{host_fd}", SANDBOX_DIR, None, MS_BIND | MS_REC)
-    for path, fd in expose:
-        _expose(path, fd)
+    bound = [path for path, fd in expose if _expose(path, fd)]
     try:
         _setattr("/", MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID, 0)
         for d in scratch:
             _setattr(d, 0, MOUNT_ATTR_RDONLY)
-        for path, _ in expose:  # an exposed tree inside a scratch dir stays read-only
+        # An exposed tree inside a scratch dir stays read-only. Only bind mounts: mount_setattr
+        # refuses (EINVAL) a path that is not a mount point.
+        for path in bound:
             _setattr(path, MOUNT_ATTR_RDONLY, 0)
         iso.append("readonly_root")
     except OSError:

@@ -22,6 +22,13 @@ and returns a ``SandboxResult``. Isolation layers, each applied when the kernel 
 The environment is scrubbed (PATH, LANG, HOME = the workdir only) and the interpreter runs with
 ``-I -S -B`` (isolated mode, no site-packages, no bytecode writes): model code gets the standard
 library only unless ``site_packages=True``. Output is read incrementally and capped.
+
+Isolation levels. Layers the kernel refuses are left out silently (e.g. no namespaces inside a
+container with the default seccomp profile), so the layers are graded into named, ordered levels
+(``ISOLATION_LEVELS``; ``isolation_level(layers)`` grades a set). ``available_isolation()`` probes
+once per process what takes effect here, and ``run_python`` refuses, before running anything,
+when that is below the process-wide minimum (``set_min_isolation`` / ``min_isolation``, default
+from the ``CASCADE_MIN_ISOLATION`` environment variable, else ``"process"``).
 """
 
 from __future__ import annotations
@@ -36,9 +43,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 _LAUNCHER = str(Path(__file__).with_name("_sandbox_launcher.py"))
 _PROG, _WORK = "prog.py", "work"
@@ -65,6 +75,26 @@ del _sandbox_guard
 
 class SandboxError(RuntimeError):
     """The sandbox itself could not be set up (not the program's fault)."""
+
+
+# Named isolation levels, weakest first; each level's layers include the previous level's.
+# "namespaces": no network, a private filesystem view (own mounts, private scratch dirs) and an own
+# pid namespace; reached as root or, unprivileged, through a user namespace ("uid" / "userns" are
+# alternatives, so neither is required). "full" adds a read-only host filesystem (mount_setattr,
+# Linux >= 5.12) and a /proc that shows only the sandbox's processes.
+_PROCESS_LAYERS = ("session", "rlimits", "no_new_privs")
+_NAMESPACE_LAYERS = (*_PROCESS_LAYERS, "netns", "mountns", "private_tmp", "pidns")
+ISOLATION_LEVELS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "none": (),
+        "process": _PROCESS_LAYERS,
+        "namespaces": _NAMESPACE_LAYERS,
+        "full": (*_NAMESPACE_LAYERS, "readonly_root", "private_proc"),
+    }
+)
+_RANK = {level: rank for rank, level in enumerate(ISOLATION_LEVELS)}
+MIN_ISOLATION_ENV = "CASCADE_MIN_ISOLATION"  # how the minimum reaches spawned reward workers
+_DEFAULT_MIN_ISOLATION = "process"
 
 
 @dataclass(frozen=True)
@@ -247,12 +277,38 @@ def run_python(
         site_packages: expose the host's installed packages (off: standard library only).
 
     Raises:
-        SandboxError: only when the isolation machinery itself fails to start.
+        SandboxError: when the isolation available here is below ``min_isolation()`` (checked
+            before anything runs), or when the isolation machinery itself fails to start.
+        ValueError: when ``CASCADE_MIN_ISOLATION`` names no isolation level.
     """
+    layers = available_isolation()
+    _require_min_isolation(layers)
+    prefix = "" if "netns" in layers else _SOCKET_GUARD
+    return _run(
+        prefix + code,
+        stdin=stdin,
+        timeout=timeout,
+        memory_mb=memory_mb,
+        max_procs=max_procs,
+        max_output=max_output,
+        site_packages=site_packages,
+    )
+
+
+def _run(
+    code: str,
+    *,
+    stdin: str,
+    timeout: float,
+    memory_mb: int,
+    max_procs: int,
+    max_output: int,
+    site_packages: bool,
+) -> SandboxResult:
+    """Launch ``code`` unchecked: ``run_python`` without the isolation check and socket guard."""
     uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if os.geteuid() == 0 else None
     python = sys.executable if site_packages else os.path.realpath(sys.executable)
-    prefix = "" if _supports_netns() else _SOCKET_GUARD
-    host_dir = _make_dir(prefix + code, uid)
+    host_dir = _make_dir(code, uid)
     status_r, status_w = os.pipe()
     cfg = {
         "parent": os.getpid(),
@@ -339,19 +395,77 @@ def _collect(
     )
 
 
-_NETNS: bool | None = None
+_PROBE_LOCK = threading.Lock()
+_AVAILABLE: tuple[str, ...] | None = None  # layers that take effect here; probed once per process
 
 
-def _supports_netns() -> bool:
-    """Whether programs get a network namespace here (probed once per process with a no-op run)."""
-    global _NETNS
-    if _NETNS is None:
-        _NETNS = True  # the probe itself runs without the guard
-        probe = run_python("pass", timeout=10.0)
-        _NETNS = "netns" in probe.isolation
-    return _NETNS
+def available_isolation() -> tuple[str, ...]:
+    """The isolation layers that take effect on this machine.
+
+    Probed once per process by running a trivial trusted program (which bypasses the minimum-isolation
+    check: it is what the check is based on), then cached. A failed probe is not cached.
+    """
+    global _AVAILABLE
+    if _AVAILABLE is not None:
+        return _AVAILABLE
+    with _PROBE_LOCK:  # concurrent first calls must not each launch a probe
+        if _AVAILABLE is None:
+            probe = _run(
+                "pass", stdin="", timeout=10.0, memory_mb=512, max_procs=32, max_output=1 << 16, site_packages=False
+            )
+            if not probe.ok:
+                reason = probe.killed_reason or f"returncode {probe.returncode}"
+                raise SandboxError(f"sandbox probe failed ({reason}): {probe.stderr[-500:]}")
+            _AVAILABLE = probe.isolation
+        return _AVAILABLE
 
 
-def sandbox_isolation() -> tuple[str, ...]:
-    """The isolation layers that take effect on this machine (runs one trivial program)."""
-    return run_python("pass", timeout=10.0).isolation
+def isolation_level(layers: Iterable[str]) -> str:
+    """The highest level of ``ISOLATION_LEVELS`` whose layers are all in ``layers``."""
+    have = set(layers)
+    for level in reversed(ISOLATION_LEVELS):
+        if have.issuperset(ISOLATION_LEVELS[level]):
+            return level
+    return "none"  # unreachable: "none" needs no layer
+
+
+def _check_level(level: str, source: str) -> str:
+    if level not in ISOLATION_LEVELS:
+        levels = ", ".join(ISOLATION_LEVELS)
+        raise ValueError(f"unknown sandbox isolation level {level!r} ({source}); choose one of: {levels}")
+    return level
+
+
+def set_min_isolation(level: str) -> None:
+    """Refuse to run programs (``run_python``) where isolation is below ``level``, in this process and in
+    processes it spawns afterwards (the setting travels in ``CASCADE_MIN_ISOLATION``)."""
+    os.environ[MIN_ISOLATION_ENV] = _check_level(level, "set_min_isolation")
+
+
+def min_isolation() -> str:
+    """The minimum isolation level ``run_python`` requires: ``CASCADE_MIN_ISOLATION``, else "process"."""
+    # The environment variable is the single source of truth, so this process and its reward
+    # workers cannot disagree.
+    level = os.environ.get(MIN_ISOLATION_ENV) or _DEFAULT_MIN_ISOLATION
+    return _check_level(level, f"environment variable {MIN_ISOLATION_ENV}")
+
+
+def _require_min_isolation(layers: tuple[str, ...]) -> None:
+    need = min_isolation()
+    have = isolation_level(layers)
+    if _RANK[have] >= _RANK[need]:
+        return
+    missing = ", ".join(layer for layer in ISOLATION_LEVELS[need] if layer not in layers)
+    raise SandboxError(
+        f"sandbox isolation here is {have!r} (missing: {missing}), below the required {need!r}; "
+        "run where user namespaces are allowed (e.g. a container without the default seccomp profile), "
+        f"or lower sandbox.min_isolation in the recipe (environment variable {MIN_ISOLATION_ENV})"
+    )
+
+
+def describe_isolation() -> str:
+    """One line for logs: the level available here, its layers, and the level required."""
+    layers = available_isolation()
+    have, need = isolation_level(layers), min_isolation()
+    below = " (NOT MET: run_python will refuse)" if _RANK[have] < _RANK[need] else ""
+    return f"sandbox isolation: {have} ({', '.join(layers) or 'no layers'}); required: {need}{below}"

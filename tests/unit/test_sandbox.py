@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import shutil
 import signal
@@ -16,7 +17,18 @@ from pathlib import Path
 import pytest
 
 from cascade_rl.rewards import sandbox, verify
-from cascade_rl.rewards.sandbox import run_python, sandbox_isolation
+from cascade_rl.rewards.sandbox import (
+    ISOLATION_LEVELS,
+    MIN_ISOLATION_ENV,
+    SandboxError,
+    SandboxResult,
+    available_isolation,
+    describe_isolation,
+    isolation_level,
+    min_isolation,
+    run_python,
+    set_min_isolation,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SLACK = 10.0  # timeout where the limit under test is another one: a loaded machine starts processes slowly
@@ -77,7 +89,7 @@ def test_plain_program_runs_with_stdin():
 
 
 def test_isolation_layers_as_root():
-    layers = set(sandbox_isolation())
+    layers = set(available_isolation())
     assert {"rlimits", "session", "no_new_privs"} <= layers
     if os.geteuid() == 0:
         expected = {"netns", "mountns", "pidns", "private_tmp", "private_proc", "readonly_root", "uid"}
@@ -304,3 +316,141 @@ def test_standard_library_works_without_site():
     assert run_python(code, timeout=5.0).stdout == "ok\n"
     assert "No module named 'jsonschema'" in run_python("import jsonschema", timeout=5.0).stderr
     assert run_python("import jsonschema; print('ok')", timeout=5.0, site_packages=True).stdout == "ok\n"
+
+
+# --- isolation levels and the minimum isolation -------------------------------------------------
+
+ROOT_LAYERS = (
+    "rlimits",
+    "session",
+    "netns",
+    "mountns",
+    "pidns",
+    "private_tmp",
+    "readonly_root",
+    "uid",
+    "no_new_privs",
+    "private_proc",
+)
+USERNS_LAYERS = ("rlimits", "session", "userns", "netns", "mountns", "pidns", "private_tmp", "no_new_privs")
+DEGRADED = ("rlimits", "session", "no_new_privs")  # e.g. a container whose seccomp profile forbids unshare
+
+
+@pytest.fixture(autouse=True)
+def isolation_state(monkeypatch):
+    """Start every test from the default minimum; undo set_min_isolation / cache changes afterwards."""
+    monkeypatch.delenv(MIN_ISOLATION_ENV, raising=False)  # restored at teardown, also after set_min_isolation
+    monkeypatch.setattr(sandbox, "_AVAILABLE", sandbox._AVAILABLE)
+
+
+class _PopenRecorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def __call__(self, *args: object, **kwargs: object) -> None:
+        self.calls.append(args)
+        raise AssertionError("subprocess.Popen was called")
+
+
+@pytest.mark.parametrize(
+    ("layers", "level"),
+    [
+        ((), "none"),
+        (("session", "rlimits"), "none"),
+        (DEGRADED, "process"),
+        (("rlimits", "session", "no_new_privs", "netns", "mountns", "private_tmp", "uid"), "process"),  # no pidns
+        (("rlimits", "session", "no_new_privs", "netns", "pidns", "private_tmp"), "process"),  # no mountns
+        (USERNS_LAYERS, "namespaces"),
+        ((*USERNS_LAYERS, "private_proc"), "namespaces"),  # no readonly_root
+        (ROOT_LAYERS, "full"),
+        ((*USERNS_LAYERS, "readonly_root", "private_proc"), "full"),
+    ],
+)
+def test_isolation_level_of_layers(layers, level):
+    assert isolation_level(layers) == level
+    assert isolation_level(iter(layers)) == level  # any iterable
+
+
+def test_isolation_levels_are_nested():
+    levels = list(ISOLATION_LEVELS.values())
+    assert list(ISOLATION_LEVELS)[:3] == ["none", "process", "namespaces"]
+    for lower, higher in itertools.pairwise(levels):
+        assert set(lower) < set(higher)
+
+
+def test_min_isolation_default_and_environment(monkeypatch):
+    assert min_isolation() == "process"
+    monkeypatch.setenv(MIN_ISOLATION_ENV, "namespaces")
+    assert min_isolation() == "namespaces"
+    monkeypatch.setenv(MIN_ISOLATION_ENV, "sandboxed")
+    with pytest.raises(ValueError, match=MIN_ISOLATION_ENV):
+        min_isolation()
+
+
+def test_set_min_isolation_validates_and_sets_environment():
+    with pytest.raises(ValueError, match="none, process, namespaces, full"):
+        set_min_isolation("strong")
+    assert MIN_ISOLATION_ENV not in os.environ
+    set_min_isolation("namespaces")
+    assert os.environ[MIN_ISOLATION_ENV] == "namespaces"  # how spawned reward workers inherit it
+    assert min_isolation() == "namespaces"
+
+
+def test_below_minimum_refuses_before_running(monkeypatch):
+    monkeypatch.setattr(sandbox, "_AVAILABLE", DEGRADED)
+    popen = _PopenRecorder()
+    monkeypatch.setattr(sandbox.subprocess, "Popen", popen)
+    set_min_isolation("namespaces")
+    with pytest.raises(SandboxError) as err:
+        run_python("print(1)")
+    message = str(err.value)
+    assert "isolation here is 'process' (missing: netns, mountns, private_tmp, pidns)" in message
+    assert "required 'namespaces'" in message
+    assert "sandbox.min_isolation" in message and MIN_ISOLATION_ENV in message
+    assert popen.calls == []  # refused before anything was launched
+
+
+def test_at_minimum_runs_normally(monkeypatch):
+    monkeypatch.setattr(sandbox, "_AVAILABLE", DEGRADED)
+    set_min_isolation("process")
+    res = run_python("print(1)")
+    assert (res.returncode, res.stdout) == (0, "1\n")
+
+
+def test_describe_isolation_names_levels(monkeypatch):
+    monkeypatch.setattr(sandbox, "_AVAILABLE", DEGRADED)
+    assert describe_isolation() == ("sandbox isolation: process (rlimits, session, no_new_privs); required: process")
+    set_min_isolation("namespaces")
+    line = describe_isolation()
+    assert line.startswith("sandbox isolation: process (") and "required: namespaces" in line
+    assert "NOT MET" in line
+
+
+def test_real_probe_runs_once_and_reaches_process(monkeypatch):
+    monkeypatch.setattr(sandbox, "_AVAILABLE", None)
+    launches: list[str] = []
+    real_run = sandbox._run
+
+    def counting_run(code: str, **kwargs: object) -> SandboxResult:
+        launches.append(code)
+        return real_run(code, **kwargs)
+
+    monkeypatch.setattr(sandbox, "_run", counting_run)
+    layers = available_isolation()
+    level = isolation_level(layers)
+    print(describe_isolation())
+    assert available_isolation() == layers
+    assert run_python("print(1)").stdout == "1\n"
+    assert len(launches) == 2  # one probe, one program: the probe result is cached
+    levels = list(ISOLATION_LEVELS)
+    assert levels.index(level) >= levels.index("process")
+    assert level in describe_isolation()
+
+
+def test_failed_probe_is_an_error_and_not_cached(monkeypatch):
+    monkeypatch.setattr(sandbox, "_AVAILABLE", None)
+    failed = SandboxResult(1, "", "boom", False, None, False, 0.0, ())
+    monkeypatch.setattr(sandbox, "_run", lambda code, **kwargs: failed)
+    with pytest.raises(SandboxError, match=r"probe failed.*boom"):
+        run_python("print(1)")
+    assert sandbox._AVAILABLE is None
