@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cascade_rl.loops.rl import PromptPool
+from cascade_rl.loops.rollout import PromptPool
 from cascade_rl.types import Prompt
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root
-TOKEN_BUDGET = 4096  # run_rl's micro-batch token budget
+TOKEN_BUDGET = 4096  # the engine section's default micro-batch token budget
 DTYPE = "float32"  # the pipeline's "auto" on a CPU
 
 
@@ -69,10 +69,10 @@ class RecordingPool(PromptPool):
 
     drawn: list[list[Prompt]] = field(default_factory=list)
 
-    def sample(self, count: int, rng: random.Random) -> list[tuple[Prompt, list[int]]]:
+    def sample(self, count: int, rng: random.Random) -> list[Prompt]:
         """``PromptPool.sample``, with the drawn prompts appended to ``drawn`` (one list per call)."""
         out = super().sample(count, rng)
-        self.drawn.append([p for p, _ in out])
+        self.drawn.append(list(out))
         return out
 
 

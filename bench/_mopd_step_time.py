@@ -27,13 +27,15 @@ from bench._common import (
     trl_cpu_args,
 )
 from cascade_rl.chat import encode_prompt, render
-from cascade_rl.config import MOPDStage
+from cascade_rl.config import EngineConfig, ModelConfig, MOPDStage
 from cascade_rl.data.build import prompts_for
-from cascade_rl.engines.local import LocalGenerator, LocalScorer
-from cascade_rl.loops.common import build_policy, set_seed
+from cascade_rl.engines.backend import LocalBackend
+from cascade_rl.engines.base import Scorer
+from cascade_rl.loops.common import set_seed
 from cascade_rl.loops.objectives import TeacherRouter
-from cascade_rl.loops.rl import build_objective, collect, update
-from cascade_rl.model import load
+from cascade_rl.loops.rl import build_objective, update
+from cascade_rl.loops.rollout import Rollouts
+from cascade_rl.rewards.reward_fn import VerifierReward
 from cascade_rl.types import Prompt
 
 
@@ -68,32 +70,34 @@ class Timing:
         }
 
 
-def time_ours(
-    stage: MOPDStage, student: Path, teacher: LocalScorer, steps: int
-) -> tuple[Timing, list[list[Prompt]], Any]:
+def _backend(model: Path) -> LocalBackend:
+    return LocalBackend(EngineConfig(microbatch_tokens=TOKEN_BUDGET), ModelConfig(spec=str(model), dtype=DTYPE))
+
+
+def time_ours(stage: MOPDStage, student: Path, teacher: Scorer, steps: int) -> tuple[Timing, list[list[Prompt]], Any]:
     """Our MOPD step (``run_rl``'s loop body) with one teacher for every domain."""
-    model, tokenizer = load(student, dtype=DTYPE)
+    backend = _backend(student)
+    tokenizer = backend.tokenizer(student)
     set_seed(stage.seed)
-    pool = RecordingPool(
-        [prompts_for(c, "train") for c in stage.prompts], [c.weight for c in stage.prompts], stage.thinking, tokenizer
-    )
+    pool = RecordingPool([prompts_for(c, "rl") for c in stage.prompts], [c.weight for c in stage.prompts])
     router = TeacherRouter({"teacher": teacher}, default="teacher")
     objective = build_objective(stage, router)
-    policy = build_policy(model, tokenizer, stage.optim, steps, token_budget=TOKEN_BUDGET)
-    policy.temperature = stage.temperature
-    generator = LocalGenerator(model)
+    policy = backend.policy(student, stage.optim, steps)
+    generator = backend.generator(policy)
+    rollouts = Rollouts(stage, pool, generator, tokenizer, VerifierReward(), objective.filters_constant_groups)
     timing = Timing("ours (cascade_rl MOPD)")
     for step in range(steps):
         wall, cpu = clocks()
-        rollouts, _ = collect(stage, step, pool, tokenizer, generator, objective)
+        groups, _ = rollouts.collect(step)
         rollout_cpu = time.process_time() - cpu
-        update(policy, objective, rollouts, stage, None)
-        generator.sync(policy)
+        update(policy, objective, groups, stage, None)
+        generator.sync(policy, step + 1)
+        trajectories = [t for g in groups for t in g.trajectories]
         timing.wall.append(time.perf_counter() - wall)
         timing.cpu.append(time.process_time() - cpu)
         timing.rollout_cpu.append(rollout_cpu)
-        timing.tokens.append(sum(len(r.prompt_tokens) + len(r.tokens) for r in rollouts))
-        timing.completion_tokens.append(sum(len(r.tokens) for r in rollouts))
+        timing.tokens.append(sum(len(t.tokens) for t in trajectories))
+        timing.completion_tokens.append(sum(t.model_tokens for t in trajectories))
     assert len(pool.drawn) == steps, "no dynamic filtering in MOPD: one sampling round per step"
     return timing, pool.drawn, tokenizer
 
@@ -164,13 +168,14 @@ def trl_trainer(stage: MOPDStage, student: Path, teacher: Path, texts: list[str]
     return trainer
 
 
-def time_vs_trl(mopd: MOPDStage, student: Path, teacher_dir: Path, steps: int, warmup: int, tmp: Path) -> None:
+def time_vs_trl(mopd: MOPDStage, student: Path, teacher_dir: Path, steps: int, warmup: int, tmp: Path) -> float:
     """Ours vs TRL: same student, teacher, prompts, completions per prompt, max new tokens, LR, on CPU.
 
-    ``mopd`` is the recipe's MOPD stage, ``student`` the checkpoint it started from; prints the step-time table."""
+    ``mopd`` is the recipe's MOPD stage, ``student`` the checkpoint it started from; prints the step-time
+    table and returns ours / TRL total tokens per CPU second."""
     # Truncated completions are trained on by both (TRL has no overlong filter), so both do the same work.
     stage = mopd.model_copy(update={"steps": steps, "overlong_filtering": False})
-    teacher = LocalScorer(load(teacher_dir, dtype=DTYPE)[0].eval())
+    teacher = _backend(teacher_dir).scorer(teacher_dir)
     ours, drawn, tokenizer = time_ours(stage, student, teacher, steps)
     del teacher
     # TRL generates one completion per dataset row: each prompt appears group_size times in a row.
@@ -188,7 +193,9 @@ def time_vs_trl(mopd: MOPDStage, student: Path, teacher_dir: Path, steps: int, w
     assert trainer.eos_token_ids == [tokenizer.eos_token_id], (trainer.eos_token_ids, tokenizer.eos_token_id)
     with quiet():
         trainer.train()
-    print_step_times(stage, student, teacher_dir, len(prompts), tokenizer.eos_token_id, (ours, trainer.bench), warmup)
+    return print_step_times(
+        stage, student, teacher_dir, len(prompts), tokenizer.eos_token_id, (ours, trainer.bench), warmup
+    )
 
 
 def print_step_times(
@@ -199,8 +206,8 @@ def print_step_times(
     eos_id: int,
     timings: tuple[Timing, Timing],
     warmup: int,
-) -> None:
-    """The step-time table of (ours, TRL) and the ours / TRL ratios."""
+) -> float:
+    """The step-time table of (ours, TRL) and the ours / TRL ratios; returns the tokens-per-CPU-s ratio."""
     ours, trl = timings
     steps, threads = len(ours.cpu), torch.get_num_threads()
     print(
@@ -252,6 +259,7 @@ def print_step_times(
         f"update CPU time {a['update_cpu'] / b['update_cpu']:.2f}; "
         f"total tokens per CPU-s ours/TRL {a['tok_s'] / b['tok_s']:.2f} (higher is better)"
     )
+    return a["tok_s"] / b["tok_s"]
 
 
 def _trl_version() -> str:

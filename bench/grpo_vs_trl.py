@@ -60,17 +60,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import TOKEN_BUDGET, RecordingPool, clocks, print_table, quiet, step_clock, trl_cpu_args
 from cascade_rl.chat import render
-from cascade_rl.config import DataConfig, OptimConfig, RLStage
+from cascade_rl.config import DataConfig, EngineConfig, ModelConfig, OptimConfig, RLStage
 from cascade_rl.data.build import prompts_for
+from cascade_rl.engines.backend import LocalBackend
 from cascade_rl.engines.base import SamplingParams
 from cascade_rl.engines.local import LocalGenerator, LocalPolicy
-from cascade_rl.loops.common import build_policy, set_seed
+from cascade_rl.loops.common import set_seed
 from cascade_rl.loops.objectives import Objective
-from cascade_rl.loops.rl import build_objective, collect, update
+from cascade_rl.loops.rl import build_objective, update
+from cascade_rl.loops.rollout import Rollouts
 from cascade_rl.model import build_tiny, load, save
 from cascade_rl.model.tiny import default_corpus
 from cascade_rl.rewards import verify
-from cascade_rl.types import Completion, Prompt
+from cascade_rl.rewards.reward_fn import VerifierReward
+from cascade_rl.types import Completion, Prompt, TrajectoryGroup
 
 SEED = 0
 BETAS = (0.9, 0.999)
@@ -163,25 +166,29 @@ class Ours:
     objective: Objective
     policy: LocalPolicy
     generator: TimedGenerator
+    rollouts: Rollouts
 
-    def step(self, step: int) -> tuple[int, int]:
-        """One step of ``run_rl``'s loop; returns (rollout tokens, trained prompt + completion tokens)."""
-        rollouts, _ = collect(self.stage, step, self.pool, self.tokenizer, self.generator, self.objective)
-        update(self.policy, self.objective, rollouts, self.stage, None)
-        self.generator.sync(self.policy)
-        return sum(len(r.tokens) for r in rollouts), sum(len(r.prompt_tokens) + len(r.tokens) for r in rollouts)
+    def step(self, step: int) -> list[TrajectoryGroup]:
+        """One step of ``run_rl``'s loop (rollout half, learner half, sync); returns the trained groups."""
+        groups, _ = self.rollouts.collect(step)
+        update(self.policy, self.objective, groups, self.stage, None)
+        self.generator.sync(self.policy, step + 1)
+        return groups
 
 
 def build_ours(model_dir: Path, args: argparse.Namespace) -> Ours:
     stage = make_stage(args)
-    model, tokenizer = load(model_dir, dtype="float32")
-    set_seed(stage.seed)
-    pool = RecordingPool(
-        [prompts_for(c, "train") for c in stage.prompts], [c.weight for c in stage.prompts], stage.thinking, tokenizer
+    backend = LocalBackend(
+        EngineConfig(microbatch_tokens=TOKEN_BUDGET), ModelConfig(spec=str(model_dir), dtype="float32")
     )
-    policy = build_policy(model, tokenizer, stage.optim, stage.steps, token_budget=TOKEN_BUDGET)
-    policy.temperature = stage.temperature
-    return Ours(stage, tokenizer, pool, build_objective(stage, None), policy, TimedGenerator(model))
+    tokenizer = backend.tokenizer(model_dir)
+    set_seed(stage.seed)
+    pool = RecordingPool([prompts_for(c, "rl") for c in stage.prompts], [c.weight for c in stage.prompts])
+    policy = backend.policy(model_dir, stage.optim, stage.steps)
+    generator = TimedGenerator(policy.model)  # shares the policy's module, as the backend's generator does
+    objective = build_objective(stage, None)
+    rollouts = Rollouts(stage, pool, generator, tokenizer, VerifierReward(), objective.filters_constant_groups)
+    return Ours(stage, tokenizer, pool, objective, policy, generator, rollouts)
 
 
 def run_ours(model_dir: Path, args: argparse.Namespace) -> tuple[Run, list[list[Prompt]]]:
@@ -190,19 +197,20 @@ def run_ours(model_dir: Path, args: argparse.Namespace) -> tuple[Run, list[list[
     for step in range(args.steps):
         ours.generator.wall = ours.generator.cpu = 0.0
         wall, cpu = clocks()
-        rollouts, _ = collect(ours.stage, step, ours.pool, ours.tokenizer, ours.generator, ours.objective)
+        groups, _ = ours.rollouts.collect(step)
         rollout_wall, rollout_cpu = clocks()
-        update(ours.policy, ours.objective, rollouts, ours.stage, None)
-        ours.generator.sync(ours.policy)
+        update(ours.policy, ours.objective, groups, ours.stage, None)
+        ours.generator.sync(ours.policy, step + 1)
         end_wall, end_cpu = clocks()
+        trajectories = [t for g in groups for t in g.trajectories]
         run.wall.append(end_wall - wall)
         run.cpu.append(end_cpu - cpu)
         run.rollout_wall.append(rollout_wall - wall)
         run.rollout_cpu.append(rollout_cpu - cpu)
         run.gen_wall.append(ours.generator.wall)
         run.gen_cpu.append(ours.generator.cpu)
-        run.completion_tokens.append(sum(len(r.tokens) for r in rollouts))
-        run.total_tokens.append(sum(len(r.prompt_tokens) + len(r.tokens) for r in rollouts))
+        run.completion_tokens.append(sum(t.model_tokens for t in trajectories))
+        run.total_tokens.append(sum(len(t.tokens) for t in trajectories))
         run.threads.add(torch.get_num_threads())
     assert len(ours.pool.drawn) == args.steps, "dynamic filtering is off: one sampling round per step"
     return run, ours.pool.drawn

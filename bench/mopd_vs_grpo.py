@@ -7,11 +7,13 @@ repeats it on a finished Cascade run folder:
   * start checkpoint: the model the pipeline's MOPD stage started from (the stage right before it),
     or with ``--start STAGE`` an earlier one, further from the teachers;
   * teachers: chosen per domain from the ledger rows up to that stage, by the pipeline's own
-    ``build_teachers`` (``choose_teachers`` + the default teacher), i.e. exactly what the MOPD stage got;
-  * (a) MOPD: the recipe's MOPD stage as it is (``advantage: mopd``, no dynamic filtering);
-    (b) GRPO: the same stage with ``advantage: grpo`` and, by default, dynamic filtering ON as in the
-    cascade's GRPO stages (constant-reward groups are dropped and refilled, so GRPO samples more
-    rollouts per step than it trains on; ``--grpo-filtering off`` gives an equal sampling budget);
+    ``build_teachers`` (``choose_teachers`` on the validation split + the default teacher), i.e. exactly
+    what the MOPD stage got; a run made before the validation split has no validation scores, and its
+    teachers are chosen per domain on the test split (``Ledger.best()``), as that run did;
+  * (a) MOPD: the recipe's MOPD stage as it is (the ``mopd`` objective, no dynamic filtering);
+    (b) GRPO: the same stage as an ``rl`` stage with ``advantage: grpo`` and, by default, dynamic
+    filtering ON as in the cascade's GRPO stages (constant-reward groups are dropped and refilled, so GRPO
+    samples more rollouts per step than it trains on; ``--grpo-filtering off`` gives an equal sampling budget);
     same prompts (the MOPD stage's mix), prompts x rollouts per step, LR schedule, steps and seed;
   * every ``--every`` steps, held-out ``evaluate`` on every MOPD domain with ``--eval-n`` prompts x
     ``--eval-samples`` samples (the recipe's eval temperature / seed), and the standard error over
@@ -23,8 +25,8 @@ repeats it on a finished Cascade run folder:
     (mean over trained tokens of log pi_inf - log pi_teacher), measured on every step's training batch
     for both methods (for GRPO: the batch after dynamic filtering).
 
-Both loops are ``run_rl``'s loop body (``collect`` + ``update`` + ``generator.sync``), with the
-evaluations in between; nothing of the loop is re-implemented.
+Both loops are ``run_rl``'s set-up and loop body (``Rollouts.collect`` + ``update`` + ``generator.sync``,
+engines from a ``LocalBackend``), with the evaluations in between; nothing of the loop is re-implemented.
 
 Then our MOPD step is timed against TRL ``DistillationTrainer`` on the same student, teacher (one
 checkpoint for every domain, since TRL takes one teacher) and batches; see ``bench/_mopd_step_time.py``.
@@ -42,7 +44,6 @@ below teacher level at step 0 (nothing to compare).
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
@@ -61,22 +62,36 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import DTYPE, ROOT, TOKEN_BUDGET, clocks, note, print_table, quiet, short
 from bench._mopd_step_time import time_vs_trl
-from cascade_rl.config import EvalConfig, MOPDStage, PipelineConfig, RLStage, load_config
-from cascade_rl.data.build import domain_of, prompts_for
-from cascade_rl.engines.local import LocalGenerator, LocalScorer
-from cascade_rl.eval.ledger import Ledger, LedgerRow
-from cascade_rl.eval.runner import evaluate, evaluate_prompts
-from cascade_rl.loops.common import build_policy, set_seed
-from cascade_rl.loops.objectives import Rollout, TeacherRouter
+from cascade_rl.config import (
+    DataConfig,
+    EngineConfig,
+    EvalConfig,
+    ModelConfig,
+    MOPDStage,
+    PipelineConfig,
+    RLStage,
+    load_config,
+)
+from cascade_rl.data.build import prompt_domains, prompts_for, resolve_domain
+from cascade_rl.engines.backend import LocalBackend
+from cascade_rl.engines.base import Generator
+from cascade_rl.engines.local import LocalGenerator
+from cascade_rl.eval.ledger import Ledger, LedgerRow, best_overall
+from cascade_rl.eval.runner import column, evaluate, evaluate_prompts
+from cascade_rl.loops.common import set_seed
+from cascade_rl.loops.objectives import TeacherRouter, base_sequence
 from cascade_rl.loops.pipeline import build_teachers
-from cascade_rl.loops.rl import PromptPool, build_objective, collect, update
-from cascade_rl.model import load
+from cascade_rl.loops.rl import build_objective, objective_name, update
+from cascade_rl.loops.rollout import PromptPool, Rollouts
 from cascade_rl.plots import comparison_curves
+from cascade_rl.rewards.reward_fn import VerifierReward
+from cascade_rl.types import TrajectoryGroup
 
 METHODS = ("MOPD", "GRPO")
 
@@ -100,7 +115,7 @@ class Setup:
 def read_run(run: Path, start: str | None = None) -> Setup:
     """The run's MOPD stage, its teachers' ledger, and the start checkpoint: by default the model MOPD
     started from; ``start`` names an earlier stage (or "base") to start both methods further from the teachers."""
-    config: PipelineConfig = load_config(run / "recipe.yaml")
+    config = load_recipe(run / "recipe.yaml")
     index = next((i for i, s in enumerate(config.stages) if isinstance(s, MOPDStage)), None)
     if index is None:
         raise SystemExit(f"{run}/recipe.yaml has no mopd stage")
@@ -128,8 +143,18 @@ def read_run(run: Path, start: str | None = None) -> Setup:
         raise SystemExit(f"{run}/ledger.json lacks rows for {', '.join(missing)}")
     eval_thinking = config.eval.thinking
     thinking = stage.thinking if stage.thinking in eval_thinking else eval_thinking[0]  # as build_teachers picks
-    domains = sorted({domain_of(p) for p in stage.prompts})
+    domains = prompt_domains(stage.prompts, "rl")  # as build_teachers lists them
     return Setup(config, stage, start_name, start_dir, ledger, domains, thinking)
+
+
+def load_recipe(path: Path) -> PipelineConfig:
+    """The run's resolved recipe. A run made before MOPD became its own stage type wrote ``advantage: mopd``
+    into its MOPD stage (then a subclass of the RL stage); that field means nothing else and is dropped."""
+    tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for stage in tree.get("stages") or []:
+        if isinstance(stage, dict) and stage.get("type") == "mopd" and stage.get("advantage") == "mopd":
+            del stage["advantage"]
+    return load_config(tree)
 
 
 def resolve(path: str, run: Path, output_dir: str) -> Path:
@@ -144,14 +169,71 @@ def resolve(path: str, run: Path, output_dir: str) -> Path:
     return candidate.resolve()
 
 
+def sources_by_domain(configs: Sequence[DataConfig], split: str) -> dict[str, DataConfig]:
+    """Each domain the configs' prompts (of ``split``) resolve to -> the first config that yields it."""
+    out: dict[str, DataConfig] = {}
+    for c in configs:
+        for d in prompt_domains([c], split):
+            out.setdefault(d, c)
+    return out
+
+
 def eval_config(setup: Setup, n: int, samples: int) -> EvalConfig:
     """The recipe's held-out sets of the MOPD domains, larger (n) so one evaluation has a small error."""
-    by_domain = {domain_of(d): d for d in setup.config.eval.domains}
-    domains = []
+    by_domain = sources_by_domain(setup.config.eval.domains, "test")
+    from_stage = sources_by_domain(setup.stage.prompts, "rl")
+    domains: list[DataConfig] = []
     for d in setup.domains:
-        base = by_domain.get(d) or next(p for p in setup.stage.prompts if domain_of(p) == d)
+        base = by_domain.get(d)
+        if base is None:  # a MOPD domain the recipe does not evaluate: its prompt source, held-out split
+            base = from_stage[d].model_copy(update={"split": None})
         domains.append(base.model_copy(update={"n": n, "weight": 1.0}) if base.task else base)
+    domains = list(dict.fromkeys(domains))  # a prompt file holding several domains is evaluated once
     return setup.config.eval.model_copy(update={"domains": domains, "samples": samples, "thinking": [setup.thinking]})
+
+
+def local_backend(model: Path) -> LocalBackend:
+    """The engines of this benchmark: in-process, fp32, the engine section's default micro-batch budget."""
+    return LocalBackend(EngineConfig(microbatch_tokens=TOKEN_BUDGET), ModelConfig(spec=str(model), dtype=DTYPE))
+
+
+# --------------------------------------------------------------------------- teachers
+
+
+TEST_SPLIT_TEACHERS = (
+    "ledger has no validation scores (run made before the validation split): "
+    "teachers chosen on the test split, as that run did"
+)
+
+
+def teachers_for(setup: Setup, backend: LocalBackend) -> tuple[TeacherRouter, dict, bool]:
+    """The MOPD stage's teachers: ``build_teachers`` (validation split), or for a ledger without validation
+    scores, each domain's best test score (``Ledger.best()``, the base row included) as that run chose them.
+
+    Returns (router, {"domains": chosen, "default": default}, whether they were chosen on the test split)."""
+    if any(r.validation for r in setup.ledger.rows):
+        router, used = build_teachers(setup.stage, setup.config, setup.ledger, backend)
+        return router, used, False
+    stage = setup.stage
+    best = setup.ledger.best()
+    chosen = dict(stage.teachers)
+    for domain in setup.domains:
+        if domain in chosen:
+            continue
+        row = best.get(column(domain, setup.thinking))
+        if row is None and stage.default_teacher is not None:
+            continue
+        if row is None:
+            raise KeyError(
+                f"no ledger score for domain {domain!r} ({'think' if setup.thinking else 'direct'}) to pick a teacher"
+            )
+        chosen[domain] = row.checkpoint
+    # that run's default teacher: the recipe's, else the row with the highest summed test score
+    default = stage.default_teacher or max(setup.ledger.rows, key=lambda r: sum(r.scores.values())).checkpoint
+    paths = {**chosen, "__default__": default}
+    loaded = {p: backend.scorer(p, offload=stage.teachers_on_demand) for p in dict.fromkeys(paths.values())}
+    router = TeacherRouter({d: loaded[p] for d, p in paths.items()}, default="__default__")
+    return router, {"domains": chosen, "default": default}, True
 
 
 # --------------------------------------------------------------------------- held-out evaluation
@@ -181,34 +263,35 @@ def _scores_from_samples(samples_file: Path, per_prompt: int) -> dict[str, Score
     return out
 
 
-def eval_student(model: Any, tokenizer: Any, cfg: EvalConfig, tmp: Path) -> dict[str, Score]:
+def eval_student(generator: Generator, tokenizer: Any, cfg: EvalConfig, tmp: Path) -> dict[str, Score]:
     samples = tmp / "eval_samples.jsonl"
     with quiet():
-        scores = evaluate(model, tokenizer, cfg, samples_file=samples)
+        scores = evaluate(generator, tokenizer, cfg, samples_file=samples)
     out = _scores_from_samples(samples, scores[0].samples)
     for s in scores:  # the library's own average and ours must agree, or the SE is of something else
         assert abs(out[s.domain].avg - s.avg) < 1e-9, (s.domain, out[s.domain].avg, s.avg)
     return out
 
 
-def eval_teachers(chosen: Mapping[str, str], cfg: EvalConfig, thinking: bool, tmp: Path) -> dict[str, Score]:
+def eval_teachers(
+    chosen: Mapping[str, str], cfg: EvalConfig, thinking: bool, backend: LocalBackend, tmp: Path
+) -> dict[str, Score]:
     """Each domain's teacher on that domain only, with the students' evaluation settings."""
     by_path: dict[str, list[str]] = defaultdict(list)
     for domain, path in chosen.items():
         by_path[path].append(domain)
-    data = {domain_of(d): d for d in cfg.domains}
+    data = sources_by_domain(cfg.domains, "test")
     out: dict[str, Score] = {}
     for path, domains in by_path.items():
-        model, tokenizer = load(path, dtype=DTYPE)
+        generator, tokenizer = backend.eval_generator(path, cfg.batch_size), backend.tokenizer(path)
         for domain in domains:
             samples = tmp / "teacher_samples.jsonl"
             samples.unlink(missing_ok=True)
+            prompts = [p for p in prompts_for(data[domain], "test") if p.domain == domain]
             with quiet():
-                score = evaluate_prompts(
-                    model, tokenizer, prompts_for(data[domain], "eval"), domain, cfg, thinking, samples_file=samples
-                )
+                [score] = evaluate_prompts(generator, tokenizer, prompts, cfg, thinking, samples_file=samples)
             out[domain] = _scores_from_samples(samples, score.samples)[domain]
-        del model
+        del generator
     return out
 
 
@@ -218,23 +301,28 @@ def eval_teachers(chosen: Mapping[str, str], cfg: EvalConfig, thinking: bool, tm
 def grpo_stage(mopd: MOPDStage, filtering: bool) -> RLStage:
     """The MOPD stage as a multi-domain GRPO stage: same prompts, batch, LR, steps and seed."""
     mopd_only = set(MOPDStage.model_fields) - set(RLStage.model_fields)
-    fields = mopd.model_dump(exclude=mopd_only | {"type", "name", "advantage", "dynamic_filtering"})
+    fields = mopd.model_dump(exclude=mopd_only | {"type", "name", "dynamic_filtering"})
     return RLStage(**fields, name="grpo", advantage="grpo", dynamic_filtering=filtering)
 
 
-def reverse_kl(router: TeacherRouter, rollouts: Sequence[Rollout], stage: RLStage) -> dict[str, tuple[float, int]]:
+def reverse_kl(
+    router: TeacherRouter, groups: Sequence[TrajectoryGroup], stage: RLStage | MOPDStage
+) -> dict[str, tuple[float, int]]:
     """Per domain (and "all"): (sum over trained tokens of log pi_inf - log pi_teacher, token count).
 
     MOPD's own metric uses pi_train; at T=1 on-policy they agree to ~1e-6 (see abs_logprob_diff), and
-    pi_inf lets GRPO, whose update never calls a teacher, be measured with the same estimator."""
-    seqs = [r.sequence(trained=not (stage.overlong_filtering and r.truncated)) for r in rollouts]
-    teacher = router.logprobs(seqs, [r.domain for r in rollouts])
+    pi_inf lets GRPO, whose update never calls a teacher, be measured with the same estimator. The
+    teachers score at the sampling temperature, as in MOPD's objective."""
+    trajectories = [t for g in groups for t in g.trajectories]
+    # the trained tokens exactly as the objectives mask them (a truncated one: none, under overlong filtering)
+    seqs = [base_sequence(t, g.index, stage.overlong_filtering) for g in groups for t in g.trajectories]
+    teacher = router.logprobs(seqs, [t.domain for t in trajectories], stage.temperature)
     out: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    for r, seq, t_lp in zip(rollouts, seqs, teacher, strict=True):
+    for traj, seq, t_lp in zip(trajectories, seqs, teacher, strict=True):
         inf = seq.values["inf_logprobs"]
         diff = sum(i - t for i, t, m in zip(inf, t_lp, seq.mask, strict=True) if m)
         tokens = sum(seq.mask)
-        for key in (r.domain, "all"):
+        for key in (traj.domain, "all"):
             out[key][0] += diff
             out[key][1] += tokens
     return {k: (v[0], int(v[1])) for k, v in out.items()}
@@ -257,7 +345,7 @@ class MethodRun:
 
 def train(
     method: str,
-    stage: RLStage,
+    stage: RLStage | MOPDStage,
     setup: Setup,
     router: TeacherRouter,
     cfg: EvalConfig,
@@ -269,42 +357,46 @@ def train(
     run = MethodRun(method, stage.seed)
     for domain, score in step0.items():
         run.curve[domain].append((0, score))
-    model, tokenizer = load(setup.start_dir, dtype=DTYPE)
+    start = setup.start_dir
+    backend = local_backend(start)
     set_seed(stage.seed)
-    pool = PromptPool(
-        [prompts_for(c, "train") for c in stage.prompts], [c.weight for c in stage.prompts], stage.thinking, tokenizer
-    )
-    objective = build_objective(stage, router if stage.advantage == "mopd" else None)
-    reference = None
-    if stage.kl_coef > 0:  # what run_rl does for a KL-regularised stage: the frozen initial policy
-        reference = LocalScorer(copy.deepcopy(model).eval().requires_grad_(False))
-    policy = build_policy(model, tokenizer, stage.optim, stage.steps, token_budget=TOKEN_BUDGET)
-    policy.temperature = stage.temperature
-    generator = LocalGenerator(model)
+    tokenizer = backend.tokenizer(start)
+    pool = PromptPool([prompts_for(c, "rl") for c in stage.prompts], [c.weight for c in stage.prompts])
+    objective = build_objective(stage, router if isinstance(stage, MOPDStage) else None)
+    reward_fn = VerifierReward(workers=stage.reward_workers)
+    # what run_rl does for a KL-regularised stage: the frozen initial policy
+    reference = backend.scorer(start) if stage.kl_coef > 0 else None
+    policy = backend.policy(start, stage.optim, stage.steps)
+    generator = backend.generator(policy)
+    generator.sync(policy, 0)
+    rollouts = Rollouts(stage, pool, generator, tokenizer, reward_fn, objective.filters_constant_groups)
+    # held-out evaluation of the policy being trained, with the evaluator's batch size (as eval_generator)
+    evaluator = LocalGenerator(policy.model, batch_size=cfg.batch_size)
     for step in range(stage.steps):
         wall, cpu = clocks()
-        rollouts, stats = collect(stage, step, pool, tokenizer, generator, objective)
+        groups, stats = rollouts.collect(step)
         probe_wall, probe_cpu = clocks()
-        run.kl.append(reverse_kl(router, rollouts, stage))  # the policy the batch was sampled from
+        run.kl.append(reverse_kl(router, groups, stage))  # the policy the batch was sampled from
         probe_wall, probe_cpu = time.perf_counter() - probe_wall, time.process_time() - probe_cpu
-        metrics = update(policy, objective, rollouts, stage, reference)
-        generator.sync(policy)
+        metrics = update(policy, objective, groups, stage, reference)
+        generator.sync(policy, step + 1)
         if "reverse_kl" in metrics:
             run.update_kl.append(metrics["reverse_kl"])
         run.step_wall.append(time.perf_counter() - wall - probe_wall)
         run.step_cpu.append(time.process_time() - cpu - probe_cpu)
         run.sampled.append(int(stats["kept_groups"] + stats["dropped_groups"]) * stage.group_size)
-        run.trained.append(len(rollouts))
+        run.trained.append(sum(len(g.trajectories) for g in groups))
         run.reward.append(float(stats.get("reward", 0.0)))
         done = step + 1
         if done % every == 0 or done == stage.steps:
             t0 = time.perf_counter()
-            for domain, score in eval_student(model, tokenizer, cfg, tmp).items():
+            for domain, score in eval_student(evaluator, tokenizer, cfg, tmp).items():
                 run.curve[domain].append((done, score))
             run.eval_wall += time.perf_counter() - t0
             scores = " ".join(f"{d} {run.curve[d][-1][1].avg:.3f}" for d in setup.domains)
             note(f"  {method} seed {stage.seed} step {done}/{stage.steps}: {scores}")
-    del model, policy, generator
+    reward_fn.close()
+    del policy, generator, evaluator, rollouts, reference
     return run
 
 
@@ -411,7 +503,7 @@ def _mean_text(values: Sequence[float], fmt: str) -> str:
     return fmt.format(statistics.fmean(values)) if values else "-"
 
 
-def print_training(runs: Mapping[str, list[MethodRun]], stages: Mapping[str, RLStage]) -> None:
+def print_training(runs: Mapping[str, list[MethodRun]], stages: Mapping[str, RLStage | MOPDStage]) -> None:
     print("\n== training cost per step (seed-mean; KL probe and evaluations excluded)")
     header = [
         "method",
@@ -431,7 +523,7 @@ def print_training(runs: Mapping[str, list[MethodRun]], stages: Mapping[str, RLS
         rows.append(
             [
                 m,
-                st.advantage,
+                objective_name(st),
                 "on" if st.dynamic_filtering else "off",
                 f"{statistics.fmean(x for r in rs for x in r.sampled):.1f}",
                 f"{statistics.fmean(x for r in rs for x in r.trained):.1f}",
@@ -520,7 +612,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def print_plan(
-    setup: Setup, run_dir: Path, mopd: RLStage, grpo: RLStage, cfg: EvalConfig, args: argparse.Namespace
+    setup: Setup,
+    run_dir: Path,
+    mopd: MOPDStage,
+    grpo: RLStage,
+    cfg: EvalConfig,
+    on_test: bool,
+    args: argparse.Namespace,
 ) -> None:
     """What is compared: start checkpoint, teachers' ledger rows, both methods' settings, the held-out evaluation."""
     print(f"== MOPD vs multi-domain GRPO on {run_dir}")
@@ -531,14 +629,16 @@ def print_plan(
         f"start checkpoint: {short(setup.start_dir, run_dir)} (stage {setup.start_name!r}, {origin}); "
         f"teachers from ledger rows {', '.join(r.stage for r in setup.ledger.rows)}"
     )
+    if on_test:
+        print(TEST_SPLIT_TEACHERS)
     print(
         f"both: {mopd.prompts_per_step} prompts x {mopd.group_size} rollouts per step, {args.steps} steps, "
         f"max {mopd.max_new_tokens} new tokens, T={mopd.temperature}, lr {mopd.optim.lr:g} "
         f"(warm-up {mopd.optim.warmup_steps} steps), seeds {[mopd.seed + i for i in range(args.seeds)]}, "
-        f"prompt mix {', '.join(f'{domain_of(p)}:{p.weight:g}' for p in mopd.prompts)}"
+        f"prompt mix {', '.join(f'{resolve_domain(p)}:{p.weight:g}' for p in mopd.prompts)}"
     )
     print(
-        f"MOPD: advantage {mopd.advantage}, reduction {mopd.reduction}, dynamic filtering off; "
+        f"MOPD: objective {objective_name(mopd)}, reduction {mopd.reduction}, dynamic filtering off; "
         f"GRPO: advantage grpo, dynamic filtering {args.grpo_filtering}"
         + (
             f" (constant-reward groups dropped and refilled, up to {grpo.max_sampling_rounds} sampling rounds: "
@@ -554,19 +654,20 @@ def print_plan(
 
 
 def score_start_and_teachers(
-    setup: Setup, run_dir: Path, chosen: Mapping[str, str], cfg: EvalConfig, tmp: Path
+    setup: Setup, run_dir: Path, chosen: Mapping[str, str], cfg: EvalConfig, backend: LocalBackend, tmp: Path
 ) -> tuple[dict[str, Score], dict[str, Score], set[str]]:
     """Held-out scores of the start checkpoint and of each domain's teacher, printed as a table.
 
     Returns (start scores, teacher scores, the domains whose teacher is the start checkpoint itself)."""
     note("evaluating the teachers and the start checkpoint ...")
-    model, tokenizer = load(setup.start_dir, dtype=DTYPE)
-    step0 = eval_student(model, tokenizer, cfg, tmp)
-    del model
+    generator = backend.eval_generator(setup.start_dir, cfg.batch_size)
+    step0 = eval_student(generator, backend.tokenizer(setup.start_dir), cfg, tmp)
+    del generator
     # A teacher that is the start checkpoint itself scores exactly the step-0 score (same eval seed).
     same = {d for d, p in chosen.items() if Path(p).resolve() == setup.start_dir.resolve()}
     teachers = {d: step0[d] for d in same}
-    teachers |= eval_teachers({d: p for d, p in chosen.items() if d not in same}, cfg, setup.thinking, tmp)
+    others = {d: p for d, p in chosen.items() if d not in same}
+    teachers |= eval_teachers(others, cfg, setup.thinking, backend, tmp)
 
     print("\n== teachers (held-out, same evaluation settings)")
     print_table(
@@ -603,18 +704,19 @@ def main() -> None:
     setup = read_run(run_dir, args.start)
     mopd = setup.stage.model_copy(update={"steps": args.steps})
     grpo = grpo_stage(mopd, args.grpo_filtering == "on")
+    backend = local_backend(setup.start_dir)
     with quiet():
-        router, used = build_teachers(setup.stage, setup.config, setup.ledger, DTYPE)
+        router, used, on_test = teachers_for(setup, backend)
     chosen: dict[str, str] = used["domains"]
     cfg = eval_config(setup, args.eval_n, args.eval_samples)
-    print_plan(setup, run_dir, mopd, grpo, cfg, args)
+    print_plan(setup, run_dir, mopd, grpo, cfg, on_test, args)
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        step0, teachers, same = score_start_and_teachers(setup, run_dir, chosen, cfg, tmp)
+        step0, teachers, same = score_start_and_teachers(setup, run_dir, chosen, cfg, backend, tmp)
 
         runs: dict[str, list[MethodRun]] = {m: [] for m in METHODS}
-        stages = {"MOPD": mopd, "GRPO": grpo}
+        stages: dict[str, RLStage | MOPDStage] = {"MOPD": mopd, "GRPO": grpo}
         for i in range(args.seeds):
             for m in METHODS:
                 stage = stages[m].model_copy(update={"seed": stages[m].seed + i})
@@ -627,8 +729,11 @@ def main() -> None:
 
         if not args.skip_trl:
             note("timing ours vs TRL DistillationTrainer ...")
-            # One teacher for both systems: the first domain's teacher that is not the student itself.
-            teacher_dir = next((Path(p) for d, p in sorted(chosen.items()) if d not in same), Path(used["default"]))
+            # One teacher for both systems: the first domain's teacher that is not the student itself, else
+            # the default teacher (the recipe's, or the pipeline's best overall when it named none).
+            others = [Path(p) for d, p in sorted(chosen.items()) if d not in same]
+            default = used["default"] or best_overall(setup.ledger, setup.stage.base_as_teacher).checkpoint
+            teacher_dir = others[0] if others else Path(default)
             time_vs_trl(setup.stage, setup.start_dir, teacher_dir, args.trl_steps, args.trl_warmup, tmp)
 
         ratio = summarize(reached, runs, step0, teachers, args)
@@ -637,8 +742,6 @@ def main() -> None:
 
 
 def _ledger_score(ledger: Ledger, checkpoint: str, domain: str, thinking: bool) -> str:
-    from cascade_rl.eval.runner import column
-
     row = next((r for r in ledger.rows if Path(r.checkpoint).resolve() == Path(checkpoint).resolve()), None)
     score = None if row is None else row.scores.get(column(domain, thinking))
     return "-" if score is None else f"{score:.3f}"

@@ -3,9 +3,9 @@
 Layout of one checkpoint::
 
     run_dir/checkpoints/step_00000120/
-        model/               the Hugging Face folder written by the caller's ``write_model``
-        trainer_state.pt     optimizer + scheduler state dicts, RNG states, step
-        state.json           the loop's own state (data position, metrics so far), plain JSON
+        ...                  whatever the policy's ``save_state`` writes (the local policy: model/,
+                             an HF folder of the fp32 weights, and trainer_state.pt)
+        state.json           the loop's own state (step, data position), plain JSON, written last
 
 A checkpoint directory either exists complete or not at all: it is written under a hidden
 temporary name in the same directory, fsynced, then renamed into place. ``latest_checkpoint``
@@ -37,7 +37,7 @@ import torch
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.pt"
 STATE_JSON = "state.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _STEP_RE = re.compile(r"^step_(\d+)$")
 # hidden names used while a directory is being written or deleted; never matched by _STEP_RE
 _TMP_MARK, _OLD_MARK = ".tmp-", ".old-"
@@ -176,50 +176,71 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step_{step:08d}"
 
 
-def save_checkpoint(
-    run_dir: Path,
-    step: int,
-    *,
-    write_model: Callable[[Path], None],
-    optimizer: torch.optim.Optimizer | None,
-    scheduler: Any | None,
-    state: dict[str, Any],
-) -> Path:
+def save_checkpoint(run_dir: Path, step: int, *, write_state: Callable[[Path], None], state: dict[str, Any]) -> Path:
     """Write ``run_dir/checkpoints/step_{step:08d}/`` atomically and return its path.
 
     Args:
-        write_model: called with ``<tmp>/model``; writes the Hugging Face folder there (it
-            creates the directory itself, as ``save_pretrained`` does).
-        optimizer / scheduler: anything with ``state_dict()``; None to skip.
+        write_state: called with the (empty) checkpoint folder under construction; writes whatever
+            exact resume needs there (the policy's ``save_state``: weights, optimizer, schedule, RNG).
         state: the loop's JSON state (data position, metrics so far). "step" is reserved.
-
-    The RNG state is captured first, so whatever ``write_model`` does cannot shift the streams
-    the resumed run continues from.
     """
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if "step" in state and state["step"] != step:
         raise ValueError(f"state['step'] = {state['step']!r} disagrees with step={step}; 'step' is reserved")
-    rng = capture_rng_state()
-    trainer_state = {
-        "format": FORMAT_VERSION,
-        "step": step,
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": rng,
-    }
-    # serialise the JSON before writing anything, so a bad value fails before the model is written
-    state_text = json.dumps(state, default=_json_default, indent=2, sort_keys=True)
+    # serialise the JSON before writing anything, so a bad value fails before the weights are written
+    state_text = json.dumps({**state, "step": step}, default=_json_default, indent=2, sort_keys=True)
     final = checkpoint_dir(run_dir, step)
     with atomic_directory(final) as tmp:
-        write_model(tmp / "model")
-        torch.save(trainer_state, tmp / TRAINER_STATE)
-        (tmp / STATE_JSON).write_text(state_text + "\n", encoding="utf-8")
+        write_state(tmp)
+        (tmp / STATE_JSON).write_text(state_text + "\n", encoding="utf-8")  # last: marks the folder complete
     return final
 
 
+def read_checkpoint_state(ckpt: Path) -> dict[str, Any]:
+    """The loop state of a checkpoint (state.json), "step" included."""
+    ckpt = Path(ckpt)
+    if not _is_complete(ckpt):
+        raise FileNotFoundError(f"{ckpt}: not a complete checkpoint (no {STATE_JSON})")
+    return json.loads((ckpt / STATE_JSON).read_text(encoding="utf-8"))
+
+
+def write_trainer_state(path: Path, optimizer: torch.optim.Optimizer | None, scheduler: Any | None) -> None:
+    """``path/trainer_state.pt``: optimizer and scheduler state dicts plus the RNG states, for exact resume.
+
+    Call it before writing the weights: the RNG is captured first, so whatever the weight writer does
+    cannot shift the streams the resumed run continues from.
+    """
+    trainer_state = {
+        "format": FORMAT_VERSION,
+        "rng": capture_rng_state(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+    }
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save(trainer_state, path / TRAINER_STATE)
+
+
+def read_trainer_state(path: Path, optimizer: torch.optim.Optimizer | None, scheduler: Any | None) -> None:
+    """Restore what ``write_trainer_state`` wrote into ``optimizer`` / ``scheduler`` and the global RNGs.
+
+    Load the weights and build the optimizer and scheduler on them first; the RNG is restored last,
+    so object construction in between cannot consume the restored streams.
+    """
+    trainer_state = torch.load(Path(path) / TRAINER_STATE, map_location="cpu", weights_only=True)
+    if trainer_state.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path / TRAINER_STATE}: format {trainer_state.get('format')!r}, expected {FORMAT_VERSION}")
+    for label, target in (("optimizer", optimizer), ("scheduler", scheduler)):
+        if target is None:
+            continue
+        if trainer_state[label] is None:
+            raise ValueError(f"{path}: a {label} was given but the checkpoint was saved without one")
+        target.load_state_dict(trainer_state[label])
+    restore_rng_state(trainer_state["rng"])
+
+
 def _is_complete(path: Path) -> bool:
-    return (path / TRAINER_STATE).is_file() and (path / STATE_JSON).is_file()
+    return (path / STATE_JSON).is_file()
 
 
 def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -239,31 +260,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     """The complete checkpoint with the highest step, or None when the run has none."""
     found = list_checkpoints(run_dir)
     return found[-1][1] if found else None
-
-
-def load_trainer_state(ckpt: Path, optimizer: torch.optim.Optimizer | None, scheduler: Any | None) -> dict[str, Any]:
-    """Restore optimizer, scheduler and RNG from ``ckpt``; return state.json's dict plus "step".
-
-    Load the model weights (``ckpt / "model"``) and build the optimizer and scheduler on them
-    before calling this; RNG is restored last, so object construction in between cannot
-    consume the restored streams. Call it right before the first resumed training step.
-    """
-    ckpt = Path(ckpt)
-    if not _is_complete(ckpt):
-        raise FileNotFoundError(f"{ckpt}: not a complete checkpoint (expected {TRAINER_STATE} and {STATE_JSON})")
-    trainer_state = torch.load(ckpt / TRAINER_STATE, map_location="cpu", weights_only=True)
-    if trainer_state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{ckpt / TRAINER_STATE}: format {trainer_state.get('format')!r}, expected {FORMAT_VERSION}")
-    for label, target in (("optimizer", optimizer), ("scheduler", scheduler)):
-        if target is None:
-            continue
-        if trainer_state[label] is None:
-            raise ValueError(f"{ckpt}: a {label} was given but the checkpoint was saved without one")
-        target.load_state_dict(trainer_state[label])
-    restore_rng_state(trainer_state["rng"])
-    state = json.loads((ckpt / STATE_JSON).read_text(encoding="utf-8"))
-    state["step"] = trainer_state["step"]
-    return state
 
 
 def _remove_directory(path: Path) -> None:

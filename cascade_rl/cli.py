@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES = Path(__file__).resolve().parent / "recipes"  # shipped in the wheel
 Overrides = Annotated[list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. stages.sft.epochs=2")]
 
 
@@ -45,11 +45,23 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def recipe_path(recipe: Path) -> Path:
+    """A recipe file, or the name of a recipe shipped with the package (``tiny-cascade``, ``smollm2-cascade``)."""
+    if recipe.is_file():
+        return recipe
+    shipped = RECIPES / (recipe.name if recipe.suffix == ".yaml" else f"{recipe.name}.yaml")
+    if len(recipe.parts) == 1 and shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+    _fail(f"recipe not found: {recipe} (shipped recipes: {names})")
+    raise AssertionError("unreachable")
+
+
 def _config(recipe: Path, overrides: list[str] | None):
     from cascade_rl.config import ConfigError, load_config
 
     try:
-        return load_config(recipe, overrides or [])
+        return load_config(recipe_path(recipe), overrides or [])
     except ConfigError as exc:
         _fail(str(exc))
 
@@ -73,39 +85,46 @@ def _print_result(result) -> None:  # noqa: ANN001
 
 @app.command()
 def run(recipe: Path, overrides: Overrides = None) -> None:
-    """Run a Cascade recipe: stages in order, every domain evaluated after each; resumes if interrupted."""
+    """Run a Cascade recipe: stages in order, every domain evaluated after each; resumes if interrupted.
+
+    RECIPE is a YAML file or the name of a shipped recipe (tiny-cascade, smollm2-cascade, nemotron-cascade-2).
+    """
     from cascade_rl.loops.pipeline import RecipeMismatchError, run_pipeline
+    from cascade_rl.loops.preflight import PreflightError
 
     config = _config(recipe, overrides)
     try:
         result = run_pipeline(config)
-    except RecipeMismatchError as exc:
+    except (RecipeMismatchError, PreflightError) as exc:
         _fail(str(exc))
     _print_result(result)
 
 
-def _single_stage(recipe: Path, overrides: list[str] | None, kind: str, stage_name: str | None, resume: bool):
+def _single_stage(recipe: Path, overrides: list[str] | None, kinds: tuple[str, ...], name: str | None, resume: bool):
+    from cascade_rl.config import dump_config
+    from cascade_rl.loops.preflight import PreflightError, preflight
+
     config = _config(recipe, overrides)
-    stages = [s for s in config.stages if s.type == kind and (stage_name is None or s.name == stage_name)]
-    if len(stages) != 1:
-        names = [s.name for s in config.stages if s.type == kind]
-        _fail(f"{recipe}: expected exactly one {kind} stage (pass --stage NAME); found {names}")
-    run_dir = Path(config.output_dir) / stages[0].name
+    picked = [i for i, s in enumerate(config.stages) if s.type in kinds and (name is None or s.name == name)]
+    if len(picked) != 1:
+        names = [s.name for s in config.stages if s.type in kinds]
+        _fail(f"{recipe}: expected exactly one {' or '.join(kinds)} stage (pass --stage NAME); found {names}")
+    stage = config.stages[picked[0]]
+    run_dir = Path(config.output_dir) / stage.name
     if (run_dir / "checkpoints").exists() and not resume:
         _fail(f"{run_dir} already holds checkpoints: pass --resume to continue, or choose another output_dir")
-    from cascade_rl.config import dump_config
-
+    try:
+        preflight(config.model_copy(update={"eval": config.eval.model_copy(update={"domains": []})}), picked)
+    except PreflightError as exc:
+        _fail(str(exc))
     dump_config(config, run_dir / "recipe.yaml")  # the resolved recipe, so the run can be reproduced
-    return config, stages[0], run_dir
+    return config, stage, run_dir
 
 
-def _load_model(config):  # noqa: ANN001
-    from cascade_rl.model import load
+def _backend(config):  # noqa: ANN001
+    from cascade_rl.engines.backend import build_backend
 
-    spec = config.model.spec
-    if spec.startswith("tiny:"):
-        return load(spec, seed=config.model.seed, vocab_size=config.model.vocab_size, **config.model.tiny)
-    return load(spec)
+    return build_backend(config.engine, config.model)
 
 
 @app.command()
@@ -115,12 +134,11 @@ def sft(
     stage: Annotated[str | None, typer.Option(help="name of the sft stage to run")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint in the run folder")] = False,
 ) -> None:
-    """Run one SFT stage of a recipe (packed sequences, per-token loss); writes an HF model folder."""
+    """Run one SFT stage of a recipe (packed sequences, per-token loss) from the recipe's model."""
     from cascade_rl.loops.sft import run_sft
 
-    config, st, run_dir = _single_stage(recipe, overrides, "sft", stage, resume)
-    model, tokenizer = _load_model(config)
-    out = run_sft(st, model, tokenizer, run_dir)
+    config, st, run_dir = _single_stage(recipe, overrides, ("sft",), stage, resume)
+    out = run_sft(st, _backend(config), config.model.spec, run_dir)
     console.print(f"model: {out}", highlight=False)
 
 
@@ -128,23 +146,52 @@ def sft(
 def rl(
     recipe: Path,
     overrides: Overrides = None,
-    stage: Annotated[str | None, typer.Option(help="name of the rl stage to run")] = None,
+    stage: Annotated[str | None, typer.Option(help="name of the rl or mopd stage to run")] = None,
     resume: Annotated[bool, typer.Option(help="continue from the newest checkpoint in the run folder")] = False,
 ) -> None:
-    """Run one GRPO stage of a recipe from the recipe's model; writes an HF model folder."""
+    """Run one RL or MOPD stage of a recipe from the recipe's model; writes an HF model folder.
+
+    A MOPD stage run on its own takes its teachers from the stage's ``teachers`` (domain -> model folder)
+    and ``default_teacher``: there is no ledger to choose them from.
+    """
+    from cascade_rl.config import MOPDStage
     from cascade_rl.loops.rl import run_rl
 
-    config, st, run_dir = _single_stage(recipe, overrides, "rl", stage, resume)
-    model, tokenizer = _load_model(config)
-    out = run_rl(st, model, tokenizer, run_dir)
+    config, st, run_dir = _single_stage(recipe, overrides, ("rl", "mopd"), stage, resume)
+    backend = _backend(config)
+    router = _explicit_teachers(st, backend) if isinstance(st, MOPDStage) else None
+    out = run_rl(st, backend, config.model.spec, run_dir, teachers=router)
     console.print(f"model: {out}", highlight=False)
+
+
+def _explicit_teachers(stage, backend):  # noqa: ANN001
+    from cascade_rl.data.build import prompt_domains
+    from cascade_rl.loops.objectives import TeacherRouter
+
+    missing = sorted(set(prompt_domains(stage.prompts, "rl")) - set(stage.teachers))
+    if missing and stage.default_teacher is None:
+        _fail(
+            f"MOPD stage {stage.name!r} on its own needs a teacher for every domain: {', '.join(missing)} "
+            "have none (set the stage's 'teachers' or 'default_teacher', or run the whole recipe with "
+            "`cascade run`, which picks teachers from its ledger)"
+        )
+    paths = dict(stage.teachers) | ({"__default__": stage.default_teacher} if stage.default_teacher else {})
+    loaded = {p: backend.scorer(p, offload=stage.teachers_on_demand) for p in dict.fromkeys(paths.values())}
+    return TeacherRouter({d: loaded[p] for d, p in paths.items()}, default="__default__" if missing else None)
 
 
 @app.command("eval")
 def eval_(
     model: Annotated[str, typer.Argument(help="HF folder, .gguf file, smollm2 or tiny:<family>")],
-    domains: Annotated[str, typer.Option(help="comma-separated procedural domains")] = "math,mcqa,instruct",
-    n: Annotated[int, typer.Option(help="held-out prompts per domain")] = 50,
+    domains: Annotated[
+        str | None,
+        typer.Option(help="comma-separated procedural domains (default: math,mcqa,instruct without --prompts)"),
+    ] = None,
+    prompts: Annotated[
+        list[Path] | None,
+        typer.Option(help="JSONL prompt file with verifier specs (repeatable; a record's 'domain' names its column)"),
+    ] = None,
+    n: Annotated[int, typer.Option(help="held-out prompts per procedural domain")] = 50,
     samples: Annotated[int, typer.Option(help="samples per prompt (avg@k / pass@k)")] = 4,
     difficulty: int = 0,
     thinking: Annotated[str, typer.Option(help="on, off or both")] = "off",
@@ -152,21 +199,26 @@ def eval_(
     max_new_tokens: int = 128,
     out: Annotated[Path | None, typer.Option(help="JSONL of every prompt / completion / verdict")] = None,
 ) -> None:
-    """Evaluate a model on held-out prompts of procedural domains."""
-    from cascade_rl.config import DataConfig, EvalConfig
+    """Evaluate a model on held-out procedural domains and / or your own JSONL prompt files."""
+    from cascade_rl.config import DataConfig, EngineConfig, EvalConfig, ModelConfig
+    from cascade_rl.data.sources import DataSourceError
+    from cascade_rl.engines.backend import LocalBackend
     from cascade_rl.eval.runner import evaluate
-    from cascade_rl.model import load
 
+    names = domains if domains is not None else ("" if prompts else "math,mcqa,instruct")
+    sets = [DataConfig(task=d.strip(), n=n, difficulty=difficulty) for d in names.split(",") if d.strip()]
+    sets += [DataConfig(path=str(p)) for p in prompts or []]
     modes = {"on": [True], "off": [False], "both": [True, False]}[thinking]
     cfg = EvalConfig(
-        domains=[DataConfig(task=d.strip(), n=n, difficulty=difficulty) for d in domains.split(",")],
-        samples=samples,
-        temperature=temperature,
-        thinking=modes,
-        max_new_tokens=max_new_tokens,
+        domains=sets, samples=samples, temperature=temperature, thinking=modes, max_new_tokens=max_new_tokens
     )
-    lm, tokenizer = load(model)
-    scores = evaluate(lm, tokenizer, cfg, samples_file=out)
+    backend = LocalBackend(EngineConfig(), ModelConfig(spec=model))
+    try:
+        scores = evaluate(
+            backend.eval_generator(model, cfg.batch_size), backend.tokenizer(model), cfg, samples_file=out
+        )
+    except (DataSourceError, KeyError) as exc:
+        _fail(str(exc))
     for s in scores:
         console.print(
             f"{s.key:24s} avg@{s.samples}={s.avg:.3f} ± {s.stderr:.3f} pass@{s.samples}={s.pass_at_k:.3f} "
@@ -189,13 +241,14 @@ def chat(
 ) -> None:
     """Chat in the Cascade-2 format; shows reasoning, answer and tool calls separately."""
     from cascade_rl.chat import encode_prompt, parse_completion
+    from cascade_rl.config import EngineConfig, ModelConfig
+    from cascade_rl.engines.backend import LocalBackend
     from cascade_rl.engines.base import SamplingParams
-    from cascade_rl.engines.local import LocalGenerator
-    from cascade_rl.model import load
 
-    lm, tokenizer = load(model)
+    backend = LocalBackend(EngineConfig(), ModelConfig(spec=model))
+    tokenizer = backend.tokenizer(model)
     tool_list = json.loads(tools.read_text()) if tools else None
-    generator = LocalGenerator(lm, batch_size=1)
+    generator = backend.eval_generator(model, 1)
     history: list[dict] = []
     queue = list(message or [])
     while True:
@@ -229,16 +282,19 @@ def _ask() -> str | None:
 
 @app.command()
 def demo(
-    recipe: Annotated[Path, typer.Option(help="recipe to run")] = RECIPES / "tiny-cascade.yaml",
+    recipe: Annotated[Path, typer.Option(help="recipe file or shipped recipe name")] = Path("tiny-cascade"),
     overrides: Overrides = None,
 ) -> None:
     """The miniature Nemotron-Cascade 2 on procedural domains, end to end on a laptop CPU."""
     from cascade_rl.demo import run_demo
+    from cascade_rl.loops.pipeline import RecipeMismatchError
+    from cascade_rl.loops.preflight import PreflightError
 
-    if not recipe.is_file():
-        _fail(f"recipe not found: {recipe}")
     started = time.perf_counter()
-    run_demo(_config(recipe, overrides), started)
+    try:
+        run_demo(_config(recipe, overrides), started)
+    except (RecipeMismatchError, PreflightError) as exc:
+        _fail(str(exc))
 
 
 def main() -> None:

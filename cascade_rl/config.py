@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -45,6 +45,9 @@ class OptimConfig(Frozen):
     )
 
 
+SPLITS = ("sft", "rl", "train", "validation", "test")
+
+
 class DataConfig(Frozen):
     """One source of chat records (SFT) or prompts (RL / eval): a file or a procedural task."""
 
@@ -52,9 +55,14 @@ class DataConfig(Frozen):
     task: str | None = Field(None, description="procedural domain: math, instruct, mcqa, tool_call, json_schema, code")
     n: int = Field(1000, ge=1, description="problems generated from a task")
     difficulty: int = Field(0, ge=0, description="task difficulty level (0: learnable by a tiny model from scratch)")
+    split: Literal["sft", "rl", "train", "validation", "test"] | None = Field(
+        None,
+        description="which disjoint part of a task's prompt space to draw from; None: sft for SFT data, rl for "
+        "RL prompts, test for evaluation (train = sft and rl together)",
+    )
     thinking: Literal["both", "on", "off"] = Field("both", description="which SFT variants a task yields")
     weight: float = Field(1.0, ge=0, description="epochs (blend=epochs) or share (blend=ratio)")
-    domain: str | None = Field(None, description="domain label for records of a file without one")
+    domain: str | None = Field(None, description="domain label for every record of the source (else the record's own)")
     on_error: Literal["raise", "skip"] = Field("raise", description="a malformed record: stop, or skip and count it")
     seed: int = Field(0, description="seed of the task generator")
 
@@ -65,7 +73,40 @@ class DataConfig(Frozen):
         return self
 
 
-class SFTStage(Frozen):
+# Per stage type: what an ``optim`` block leaves out. A partial block (``optim: {lr: 3.0e-6}``) is merged
+# field by field over its own stage type's defaults, never over another stage's.
+SFT_OPTIM = {"lr": 5e-5, "betas": (0.9, 0.98), "weight_decay": 0.1}
+RL_OPTIM = {"lr": 3e-6, "betas": (0.9, 0.999), "weight_decay": 0.0}
+MOPD_OPTIM = {**RL_OPTIM, "lr": 2e-6, "warmup_steps": 30, "warmup_start_lr": 2e-7}
+
+
+def _merged_optim(value: Any, defaults: dict[str, Any]) -> Any:
+    if isinstance(value, OptimConfig):
+        return {**defaults, **value.model_dump(exclude_unset=True)}
+    if isinstance(value, dict):
+        return {**defaults, **value}
+    return value  # not a mapping: let pydantic report the type error
+
+
+class _Stage(Frozen):
+    optim: OptimConfig = Field(
+        default_factory=dict,  # type: ignore[arg-type]
+        validate_default=True,
+        description="AdamW and LR schedule; fields left out take this stage type's defaults",
+    )
+    save_every: int = Field(25, ge=1, description="checkpoint every N steps")
+    keep_last: int | None = Field(2, ge=1, description="checkpoints kept (newest); None keeps every one")
+    seed: int = Field(0, description="data order / prompt and sampling seed")
+
+    OPTIM_DEFAULTS: ClassVar[dict[str, Any]] = SFT_OPTIM
+
+    @field_validator("optim", mode="before")
+    @classmethod
+    def _optim_defaults(cls, value: Any) -> Any:
+        return _merged_optim(value, cls.OPTIM_DEFAULTS)
+
+
+class SFTStage(_Stage):
     type: Literal["sft"] = "sft"
     name: str = Field("sft", description="stage name: folder, ledger row and override address")
     data: list[DataConfig] = Field(description="chat-record sources, blended by weight")
@@ -76,52 +117,100 @@ class SFTStage(Frozen):
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps (None: epochs decide)")
     length_policy: Literal["truncate", "drop", "error"] = Field("truncate", description="samples over pack_length")
     last_turn_only: bool = Field(False, description="supervise only the final assistant turn")
-    optim: OptimConfig = OptimConfig()
     save_every: int = Field(50, ge=1, description="checkpoint every N steps")
-    seed: int = Field(0, description="data order seed")
 
 
-class RLStage(Frozen):
-    """One RL stage of the cascade (GRPO); MOPD is the same loop with another advantage function."""
+class RewardConfig(Frozen):
+    """How a rollout stage scores its groups (``rewards.reward_fn`` registry)."""
 
-    type: Literal["rl"] = "rl"
-    name: str = Field("rl", description="stage name: folder, ledger row and override address")
+    type: str = Field("verifier", description="registered reward function: verifier (the prompt's spec)")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the reward function")
+
+
+class _RolloutStage(_Stage):
+    """What every stage of the one RL loop shares (GRPO-family RL and MOPD)."""
+
     prompts: list[DataConfig] = Field(description="prompt sources with verifier specs, sampled by weight")
     steps: int = Field(100, ge=1, description="optimizer steps (one per rollout batch)")
     prompts_per_step: int = Field(16, ge=1, description="128 in the published run")
     group_size: int = Field(8, ge=1, description="rollouts per prompt (16 published)")
     max_new_tokens: int = Field(128, ge=1, description="response budget; longer responses are truncated")
     temperature: float = Field(1.0, gt=0, description="sampling temperature (trainer log-probs use the same)")
-    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1 disables")
-    top_k: int = Field(0, ge=0, description="0 disables top-k")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; RL samples the full distribution (1)")
+    top_k: int = Field(0, ge=0, description="top-k sampling; RL samples the full distribution (0)")
     thinking: bool = Field(False, description="thinking-mode generation prompt")
-    advantage: str = Field("grpo", description="advantage registry name: grpo, grpo_no_std, mopd")
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the stage's initial policy (0.03 for RLHF)")
     icepop: tuple[float, float] | None = Field((0.5, 2.0), description="drop tokens with pi_train/pi_inf outside")
-    dynamic_filtering: bool = Field(True, description="drop groups whose rewards are all equal")
+    dynamic_filtering: bool = Field(True, description="drop groups whose (finished) rollouts' rewards are all equal")
     max_sampling_rounds: int = Field(
         4, ge=1, description="generation rounds per step at most (the first included) to refill a filtered batch"
     )
-    overlong_filtering: bool = Field(True, description="exclude truncated responses from the loss")
-    optim: OptimConfig = OptimConfig(lr=3e-6, betas=(0.9, 0.999), weight_decay=0.0)
+    overlong_filtering: bool = Field(
+        True, description="truncated responses leave the loss and the group statistics (not penalised)"
+    )
+    reward: RewardConfig = Field(RewardConfig(), description="the reward function of the stage")
     reward_workers: int = Field(0, ge=0, description="processes verifying rollouts (sandboxed code); 0: in-process")
-    save_every: int = Field(25, ge=1, description="checkpoint every N steps")
-    seed: int = Field(0, description="prompt and sampling seed")
+
+    OPTIM_DEFAULTS: ClassVar[dict[str, Any]] = RL_OPTIM
+
+    @field_validator("top_p", "top_k")
+    @classmethod
+    def _full_distribution(cls, value: float, info: ValidationInfo) -> float:
+        if value != {"top_p": 1, "top_k": 0}[info.field_name or ""]:
+            raise ValueError(
+                "RL stages sample the full tempered distribution (top_p 1, top_k 0, as published): the trainer's "
+                "log-probs are of that distribution, so truncated sampling would pull pi_train / pi_inf to the kept "
+                "mass and shrink every IcePop / MOPD weight"
+            )
+        return value
 
 
-class MOPDStage(RLStage):
+class RLStage(_RolloutStage):
+    """One RL stage of the cascade: a GRPO-family objective on rewards."""
+
+    type: Literal["rl"] = "rl"
+    name: str = Field("rl", description="stage name: folder, ledger row and override address")
+    advantage: str = Field(
+        "grpo",
+        description="objective: grpo (token-level, IcePop), grpo_no_std (Dr. GRPO), grpo_clip (PPO clip against "
+        "the behaviour policy), tis (truncated importance weights); MOPD is its own stage type",
+    )
+    clip: tuple[float, float] = Field((0.2, 0.2), description="grpo_clip: (low, high) ratio clip (DAPO: 0.2, 0.28)")
+    tis_cap: float = Field(2.0, gt=0, description="tis: importance weights are capped here")
+
+    @field_validator("advantage")
+    @classmethod
+    def _reward_objective(cls, value: str) -> str:
+        from cascade_rl.loops.objectives import objectives_of
+
+        names = objectives_of(cls.model_fields["type"].default)
+        if value not in names:
+            hint = " (distillation is a stage of type mopd)" if value == "mopd" else ""
+            raise ValueError(f"unknown objective {value!r} for an rl stage{hint}; expected one of {', '.join(names)}")
+        return value
+
+
+class MOPDStage(_RolloutStage):
     """Multi-domain on-policy distillation: per-token advantage log pi_teacher - log pi_train."""
 
-    type: Literal["mopd"] = "mopd"  # type: ignore[assignment]
-    name: str = "mopd"
-    advantage: str = "mopd"
-    group_size: int = 4
-    dynamic_filtering: bool = False
-    teachers: dict[str, str] = Field(default_factory=dict, description="domain -> checkpoint; empty: from the ledger")
+    type: Literal["mopd"] = "mopd"
+    name: str = Field("mopd", description="stage name: folder, ledger row and override address")
+    group_size: int = Field(4, ge=1, description="rollouts per prompt (4 published)")
+    dynamic_filtering: bool = Field(
+        False, description="MOPD's signal is per token: constant rewards are no reason to drop"
+    )
+    teachers: dict[str, str] = Field(
+        default_factory=dict, description="domain -> checkpoint; domains left out: best on the validation split"
+    )
     default_teacher: str | None = Field(None, description="teacher for domains without one; None: best overall")
+    base_as_teacher: bool = Field(False, description="the base model may be chosen as a teacher from the ledger")
     reduction: Literal["seq_mean", "token_mean"] = Field("seq_mean", description="(1/|y|) per sequence (published)")
     reward_weight: float = Field(0.0, ge=0, description="weight of the GRPO reward advantage mixed in (0 published)")
-    teachers_on_demand: bool = Field(False, description="load one teacher at a time (memory: the largest teacher)")
+    teachers_on_demand: bool = Field(
+        False, description="teachers wait in CPU memory and visit the accelerator only to score (memory: one teacher)"
+    )
+
+    OPTIM_DEFAULTS: ClassVar[dict[str, Any]] = MOPD_OPTIM
 
 
 Stage = Annotated[SFTStage | RLStage | MOPDStage, Field(discriminator="type")]
@@ -129,7 +218,14 @@ STAGE_TYPES = ("sft", "rl", "mopd")
 
 
 class EvalConfig(Frozen):
-    domains: list[DataConfig] = Field(default_factory=list, description="held-out sets; tasks use their eval split")
+    domains: list[DataConfig] = Field(
+        default_factory=list, description="held-out sets reported in the ledger; tasks use their test split"
+    )
+    validation: list[DataConfig] | None = Field(
+        None,
+        description="sets MOPD teachers are chosen on, disjoint from the reported ones; None: every task domain's "
+        "validation split (same size); prompt files need their own entries here",
+    )
     samples: int = Field(4, ge=1, description="samples per prompt (avg@k, pass@k)")
     max_new_tokens: int = Field(128, ge=1, description="response budget; a truncated response scores 0")
     temperature: float = Field(1.0, ge=0, description="0 = greedy")
@@ -140,12 +236,33 @@ class EvalConfig(Frozen):
     seed: int = Field(1234, description="sampling seed of every evaluation")
 
 
+class EngineConfig(Frozen):
+    """Which engines run the recipe and how large their batches are."""
+
+    kind: Literal["local"] = Field("local", description="local: every engine in this process (GPU if any, else CPU)")
+    microbatch_tokens: int = Field(4096, ge=16, description="tokens per trainer / scorer forward pass (RL, MOPD)")
+    decode_batch: int = Field(64, ge=1, description="sequences the rollout generator decodes together")
+    layout: Literal["auto", "packed", "padded", "shared_prefix"] = Field(
+        "auto", description="trainer rows: auto = packed under FlashAttention, shared_prefix / padded otherwise"
+    )
+
+
+class SandboxConfig(Frozen):
+    min_isolation: Literal["none", "process", "namespaces", "full"] = Field(
+        "process",
+        description="model-written code runs only where the sandbox reaches this level (namespaces: no network, "
+        "private filesystem view and pid namespace); below it the run stops before any code executes",
+    )
+
+
 class PipelineConfig(Frozen):
     name: str = Field("cascade", description="run name")
     output_dir: str = Field("runs/cascade", description="run folder; the same recipe there resumes")
     model: ModelConfig = Field(ModelConfig(), description="the starting model")
     stages: list[Stage] = Field(description="stages in order, each from the previous stage's model")
     eval: EvalConfig = Field(EvalConfig(), description="held-out evaluation after every stage")
+    engine: EngineConfig = Field(EngineConfig(), description="the engines and their batch sizes")
+    sandbox: SandboxConfig = Field(SandboxConfig(), description="code-execution isolation")
     seed: int = Field(0, description="global seed")
 
     @model_validator(mode="after")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 
 from cascade_rl.config import MOPDStage, PipelineConfig, RLStage
-from cascade_rl.data.build import domain_of
+from cascade_rl.data.build import prompt_domains
 from cascade_rl.eval.ledger import Ledger
 from cascade_rl.logging import console
 from cascade_rl.loops.pipeline import PipelineResult, run_pipeline
 
 
 def _stage_domains(config: PipelineConfig) -> dict[str, list[str]]:
-    return {s.name: sorted({domain_of(p) for p in s.prompts}) for s in config.stages if isinstance(s, RLStage)}
+    return {s.name: prompt_domains(s.prompts, "rl") for s in config.stages if isinstance(s, RLStage | MOPDStage)}
 
 
 def reading(config: PipelineConfig, ledger: Ledger) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,8 @@ from cascade_rl.types import Prompt
 def _task_records(config: DataConfig) -> tuple[list[Record], SourceStats]:
     assert config.task is not None
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[config.thinking]
-    problems = make_split(config.task, "train", config.n, seed=config.seed, difficulty=config.difficulty)
+    split = config.split or "sft"  # disjoint from the RL prompts, validation and test sets
+    problems = make_split(config.task, split, config.n, seed=config.seed, difficulty=config.difficulty)  # type: ignore[arg-type]
     records = [validate_record(p.sft_record(thinking)) for p in problems for thinking in modes]
     name = f"task:{config.task}@{config.difficulty}"
     return records, SourceStats(name=name, read=len(records), used=len(records))
@@ -58,15 +60,23 @@ def _file_prompts(config: DataConfig) -> list[Prompt]:
                 spec = obj["spec"]
                 if not isinstance(spec, dict) or "type" not in spec:
                     raise ValueError("'spec' must be a mapping with a 'type' (the verifier)")
+                domain = obj.get("domain")
+                if domain is not None and (not isinstance(domain, str) or not domain):
+                    raise ValueError(f"'domain' must be a non-empty string, got {domain!r}")
             except (UnicodeDecodeError, ValueError, KeyError) as exc:
                 reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
                 if config.on_error == "raise":
                     raise DataSourceError(f"{path}:{line_no}: {reason}") from None
                 skipped.append(f"{path}:{line_no}: {reason}")
                 continue
-            domain = config.domain or obj.get("domain") or domain_of(config)
             prompts.append(
-                Prompt(record.messages, spec, domain, record.tools, str(obj.get("id", f"{path.name}:{line_no}")))
+                Prompt(
+                    record.messages,
+                    spec,
+                    resolve_domain(config, domain),
+                    record.tools,
+                    str(obj.get("id", f"{path.name}:{line_no}")),
+                )
             )
     if skipped:
         console.print(
@@ -78,21 +88,31 @@ def _file_prompts(config: DataConfig) -> list[Prompt]:
     return prompts
 
 
-def prompts_for(config: DataConfig, split: str = "train") -> list[Prompt]:
-    """Prompts of one config: a task's train or held-out eval split, or a prompt file.
-
-    A prompt's domain (its ledger column and MOPD teacher) is the config's ``domain`` when set, else
-    a prompt file record's own ``domain``, else ``domain_of(config)`` (the task name or file stem).
-    """
-    if config.task is not None:
-        problems = make_split(config.task, split, config.n, seed=config.seed, difficulty=config.difficulty)  # type: ignore[arg-type]
-        prompts = [p.to_prompt() for p in problems]
-        if config.domain:
-            prompts = [dataclasses.replace(p, domain=config.domain) for p in prompts]
-        return prompts
-    return _file_prompts(config)
+def resolve_domain(config: DataConfig, record_domain: str | None = None) -> str:
+    """THE domain of a prompt or record (its ledger column, its MOPD teacher, its routing): the config's
+    ``domain`` when set, else the record's own ``domain``, else the task name or the file stem."""
+    return config.domain or record_domain or config.task or Path(config.path or "").stem
 
 
-def domain_of(config: DataConfig) -> str:
-    """The domain a data config stands for: its ``domain``, else the task name, else the file stem."""
-    return config.domain or config.task or Path(config.path or "").stem
+def prompts_for(config: DataConfig, split: str) -> list[Prompt]:
+    """Prompts of one config: a task's ``config.split`` (default ``split``: rl, validation or test), or a
+    prompt file (all its records). Every prompt's ``domain`` comes from ``resolve_domain``."""
+    key: tuple = (config, split)
+    if config.path is not None and Path(config.path).is_file():
+        stat = Path(config.path).stat()
+        key += (stat.st_mtime_ns, stat.st_size)  # an edited file is read again
+    return list(_prompts_cached(*key))
+
+
+@functools.lru_cache(maxsize=128)
+def _prompts_cached(config: DataConfig, split: str, *_file_version: int) -> tuple[Prompt, ...]:
+    if config.task is None:
+        return tuple(_file_prompts(config))
+    chosen = config.split or split
+    problems = make_split(config.task, chosen, config.n, seed=config.seed, difficulty=config.difficulty)  # type: ignore[arg-type]
+    return tuple(dataclasses.replace(p.to_prompt(), domain=resolve_domain(config)) for p in problems)
+
+
+def prompt_domains(configs: Sequence[DataConfig], split: str) -> list[str]:
+    """The domains the configs' prompts resolve to (a mixed file contributes each of its records' domains)."""
+    return sorted({p.domain for c in configs for p in prompts_for(c, split)})

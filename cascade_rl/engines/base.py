@@ -1,17 +1,18 @@
-"""Engine protocols: the RL loop talks to a Generator, a Policy and Scorers, never to a framework.
+"""Engine protocols: the loops talk to a Generator, a Policy and Scorers, never to a framework.
 
-The same loop runs in-process on a laptop CPU (``engines.local``) and, with other implementations
-of these protocols, on a cluster (vLLM generators, FSDP2 policies, Ray actors).
+The same loops run in-process on a laptop CPU (``engines.local``) and, with other implementations
+of these protocols, on a cluster (vLLM generators, FSDP2 policies, Ray actors). Everything that
+crosses these methods is plain data (token ids, floats, names), so a remote engine never has to
+pickle a closure: a loss is chosen by its registered name (``algo.step_losses``) and its per-token
+inputs travel in the batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-
-import torch
+from typing import Any, Protocol
 
 from cascade_rl.types import Completion
 
@@ -29,10 +30,10 @@ class SamplingParams:
 
 @dataclass
 class TrainSequence:
-    """One sequence to train on.
+    """One sequence to train on or score.
 
     ``mask[j] = 1`` marks token ``j`` as trained/scored (it is predicted from tokens ``< j``);
-    ``values[name][j]`` is a per-token quantity aligned with ``tokens`` (advantages, inference
+    ``values[name][j]`` is a per-token quantity aligned with ``tokens`` (advantages, behaviour
     log-probs, teacher log-probs, ...). Position 0 is never trained.
 
     ``group`` marks sequences that start with the same tokens (the rollouts of one prompt): the
@@ -48,16 +49,18 @@ class TrainSequence:
 
 @dataclass
 class TrainBatch:
-    """The sequences of one optimizer step (or a slice of it) and the step's global normalisers."""
+    """The sequences of one optimizer step (or a slice of it) and the step's global normalisers.
+
+    ``num_tokens`` / ``num_sequences`` count the trained tokens / sequences of the WHOLE optimizer
+    step (all slices, all data-parallel ranks): losses divide by them, so splitting a step into
+    micro-batches or ranks never changes the objective. ``temperature`` divides the logits, as the
+    sampler's did.
+    """
 
     sequences: list[TrainSequence]
-    num_tokens: float  # trained tokens of the whole optimizer step
-    num_sequences: float  # sequences of the whole optimizer step
-
-
-# loss_fn(logprobs_BT, tensors_BT) -> (loss, metrics); one row per sequence, columns aligned with
-# tokens; tensors_BT holds "mask" and every name in TrainSequence.values.
-LossFn = Callable[[torch.Tensor, Mapping[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor | float]]]
+    num_tokens: float
+    num_sequences: float
+    temperature: float = 1.0
 
 
 class Generator(Protocol):
@@ -65,24 +68,40 @@ class Generator(Protocol):
         """``params.n`` completions for every prompt (token ids), in prompt order."""
         ...
 
-    def sync(self, policy: Policy) -> None:
-        """Load the policy's current weights."""
+    def sync(self, policy: Policy, version: int) -> None:
+        """Load the policy's current weights; completions sampled from now on carry ``version``."""
         ...
 
 
 class Scorer(Protocol):
-    temperature: float  # logits are divided by it: score at the temperature the tokens were sampled at
+    """Token log-probs under a frozen model (MOPD teachers, the KL reference)."""
 
-    def logprobs(self, sequences: Sequence[TrainSequence]) -> list[list[float]]:
-        """log p(token_j | tokens_<j) for every token (0.0 at j = 0 and where ``mask`` is 0)."""
+    def logprobs(self, sequences: Sequence[TrainSequence], temperature: float = 1.0) -> list[list[float]]:
+        """log p(token_j | tokens_<j) at ``temperature`` for every token (0.0 at j = 0 and where ``mask`` is 0)."""
         ...
 
 
 class Policy(Scorer, Protocol):
-    def forward_backward(self, batch: TrainBatch, loss_fn: LossFn) -> dict[str, float]: ...
+    """The trained model: it owns its whole training state (weights, optimizer, schedule, RNG)."""
 
-    def optim_step(self) -> dict[str, float]: ...
+    def forward_backward(
+        self, batch: TrainBatch, loss: str, config: Mapping[str, Any] | None = None
+    ) -> dict[str, float]:
+        """Accumulate gradients of the registered loss ``loss`` (``algo.step_losses``) over the batch."""
+        ...
 
-    def state_dict(self) -> Mapping[str, torch.Tensor]: ...
+    def optim_step(self) -> dict[str, float]:
+        """Apply the accumulated gradients (or, with none, only advance the schedule) and clear them."""
+        ...
 
-    def save(self, path: Path) -> None: ...
+    def save(self, path: Path) -> None:
+        """An ordinary Hugging Face folder of the current weights (what later stages and users load)."""
+        ...
+
+    def save_state(self, path: Path) -> None:
+        """Everything an exact resume needs, written into the (new, empty) folder ``path``."""
+        ...
+
+    def load_state(self, path: Path) -> None:
+        """Restore what ``save_state`` wrote; the next step equals the one an uninterrupted run takes."""
+        ...

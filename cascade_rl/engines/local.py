@@ -1,9 +1,10 @@
 """In-process engines: one torch model on the CPU or one GPU.
 
-``LocalPolicy`` trains (forward/backward on packed micro-batches, AdamW, warm-up + cosine),
-``LocalScorer`` scores tokens under a frozen model (teachers, reference), and ``LocalGenerator``
-samples with a KV cache. In-process, the generator can share the policy's module, so ``sync`` is
-free; a separate generator copies the weights.
+``LocalPolicy`` trains (forward/backward on micro-batches, AdamW, warm-up + cosine) with fp32
+master weights and, where configured, bf16 autocast for compute; ``LocalScorer`` scores tokens
+under a frozen model (teachers, reference); ``LocalGenerator`` samples with a KV cache. In-process,
+the generator can share the policy's module, so ``sync`` costs nothing; a separate generator copies
+the weights.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cascade_rl.algo.logprobs import chunked_lm_logprobs
 from cascade_rl.algo.losses import summarize_metrics
-from cascade_rl.engines.base import LossFn, Policy, SamplingParams, TrainBatch, TrainSequence
+from cascade_rl.algo.moe import load_balancing_loss
+from cascade_rl.algo.step_losses import Normalisers, get_step_loss
+from cascade_rl.engines.base import Policy, SamplingParams, TrainBatch, TrainSequence
 from cascade_rl.engines.microbatch import (
     UNPACKABLE_MODEL_TYPES,
     MicroBatch,
@@ -91,18 +94,35 @@ def choose_layout(model: PreTrainedModel, layout: str = "auto") -> str:
     return layout
 
 
-def _autocast(device: torch.device) -> Any:
-    """bf16 autocast on GPUs that support it; full fp32 elsewhere (CPU bf16 is slow and lossy)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+def autocast(device: torch.device, dtype: torch.dtype) -> Any:
+    """Compute in ``dtype`` where that is lower than the weights' fp32 (bf16 master-weight training)."""
+    if dtype == torch.float32:
+        return nullcontext()
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _model_device(model: PreTrainedModel) -> torch.device:
+    return next(model.parameters()).device
 
 
 class LocalScorer:
-    """Token log-probs under a frozen model, computed without [T, V] logits in memory."""
+    """Token log-probs under a frozen model, computed without [T, V] logits in memory.
+
+    ``offload``: the model waits in CPU memory and visits ``device`` only while it scores (teachers
+    loaded once, held off the accelerator between uses; on a CPU-only machine nothing moves).
+    """
 
     def __init__(
-        self, model: PreTrainedModel, *, token_budget: int = 4096, chunk_size: int = 1024, layout: str = "auto"
+        self,
+        model: PreTrainedModel,
+        *,
+        token_budget: int = 4096,
+        chunk_size: int = 1024,
+        layout: str = "auto",
+        compute_dtype: torch.dtype = torch.float32,
+        offload: bool = False,
     ) -> None:
         check_plain_lm_head(model)
         self.model = model
@@ -110,12 +130,16 @@ class LocalScorer:
         self.chunk_size = chunk_size
         self.layout = choose_layout(model, layout)
         self.pad_id = model.config.pad_token_id or 0
-        self.temperature = 1.0  # the RL loop sets the sampling temperature so pi_train matches pi_inf
+        self.compute_dtype = compute_dtype
         self.pair_cost = attention_pair_cost(model.config) if self.layout == "shared_prefix" else 0.0
+        self.home = _model_device(model)
+        self.offload = offload and self.home.type != "cpu"
+        if self.offload:
+            self.model.to("cpu")
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return _model_device(self.model)
 
     def microbatches(self, seqs: Sequence[TrainSequence]) -> list[MicroBatch]:
         return make_microbatches(
@@ -127,30 +151,36 @@ class LocalScorer:
             pair_cost=self.pair_cost,
         )
 
-    def forward_SL(self, mb: MicroBatch, *, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probs (and entropies) of the micro-batch's scored tokens, as [S, L] (0 where not scored)."""
+    def forward_SL(
+        self, mb: MicroBatch, temperature: float, *, with_entropy: bool = False, router_logits: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...]]:
+        """Log-probs (and entropies) of the micro-batch's scored tokens as [S, L] (0 where not scored),
+        plus the per-layer router logits of MoE models when ``router_logits`` is asked for."""
         dev = self.device
         scored = mb.scored_SL.to(dev)
         if mb.rows_N.numel() == 0:  # nothing to score (e.g. only overlong-filtered rollouts): skip the model
             zeros = torch.zeros(scored.shape, device=dev)
-            return zeros, (zeros.clone() if with_entropy else None)
-        with _autocast(dev):
+            return zeros, (zeros.clone() if with_entropy else None), ()
+        extra = {"output_router_logits": True} if router_logits else {}
+        with autocast(dev, self.compute_dtype):
             out = self.model.get_decoder()(
                 input_ids=mb.input_ids.to(dev),
                 position_ids=mb.position_ids.to(dev),
                 attention_mask=self._attention_mask(mb),
                 use_cache=False,
+                **extra,
             )
         # The LM head (the largest matmul of a small model) runs on the predicting positions only.
         hidden = out.last_hidden_state.flatten(0, 1).index_select(0, mb.rows_N.to(dev))
         weight = self.model.get_output_embeddings().weight
-        logprobs_N, entropy_N = chunked_lm_logprobs(
-            hidden, weight, mb.targets_N.to(dev), self.chunk_size, self.temperature, with_entropy=with_entropy
-        )
+        with autocast(dev, self.compute_dtype):
+            logprobs_N, entropy_N = chunked_lm_logprobs(
+                hidden, weight, mb.targets_N.to(dev), self.chunk_size, temperature, with_entropy=with_entropy
+            )
         gather = mb.gather_SL.to(dev)
         logprobs_SL = logprobs_N[gather] * scored
         entropy_SL = None if entropy_N is None else entropy_N[gather] * scored
-        return logprobs_SL, entropy_SL
+        return logprobs_SL, entropy_SL, tuple(getattr(out, "router_logits", None) or ())
 
     def _attention_mask(self, mb: MicroBatch) -> torch.Tensor | None:
         if mb.attention_mask is None:
@@ -161,14 +191,27 @@ class LocalScorer:
             return torch.zeros(mask.shape, device=mask.device).masked_fill(~mask, torch.finfo(torch.float32).min)
         return mask
 
+    @contextmanager
+    def _resident(self) -> Iterator[None]:
+        if not self.offload:
+            yield
+            return
+        self.model.to(self.home)
+        try:
+            yield
+        finally:
+            self.model.to("cpu")
+
     @torch.no_grad()
-    def logprobs(self, sequences: Sequence[TrainSequence]) -> list[list[float]]:
+    def logprobs(self, sequences: Sequence[TrainSequence], temperature: float = 1.0) -> list[list[float]]:
+        self.model.eval()
         result: list[list[float]] = [[] for _ in sequences]
-        for mb in self.microbatches(sequences):
-            logprobs_SL, _ = self.forward_SL(mb)
-            for s, i in enumerate(mb.indices):
-                row = logprobs_SL[s, : len(sequences[i].tokens)] * torch.tensor(sequences[i].mask, device=self.device)
-                result[i] = row.float().cpu().tolist()
+        with self._resident():
+            for mb in self.microbatches(sequences):
+                logprobs_SL, _, _ = self.forward_SL(mb, temperature)
+                for s, i in enumerate(mb.indices):
+                    mask = torch.tensor(sequences[i].mask, device=self.device)
+                    result[i] = (logprobs_SL[s, : len(sequences[i].tokens)] * mask).float().cpu().tolist()
         return result
 
 
@@ -182,87 +225,149 @@ def lr_lambda(step: int, *, warmup: int, total: int, start_ratio: float, floor_r
     return floor_ratio + (1.0 - floor_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+@dataclass(frozen=True)
+class OptimSettings:
+    """What the policy's AdamW and schedule need (the recipe's ``optim`` block, resolved per stage)."""
+
+    lr: float
+    total_steps: int
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    warmup_start_lr: float = 0.0
+    min_lr: float | None = None
+    grad_clip: float = 1.0
+
+
 class LocalPolicy(LocalScorer):
-    """A trainable policy: forward/backward over micro-batches with a global normaliser, then AdamW."""
+    """A trainable policy: forward/backward over micro-batches with the step's global normalisers, then AdamW.
+
+    The module's parameters stay fp32 (the master weights: a bf16 weight cannot take a 3e-6 step, its
+    spacing near 0.02 is ~1e-4) and ``compute_dtype`` runs the forward under autocast. The forward runs
+    in eval mode: no dropout, so the trainer's log-probs are the sampler's (ratio 1 on-policy).
+    """
 
     def __init__(
         self,
         model: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
+        optim: OptimSettings,
         *,
-        lr: float,
-        total_steps: int,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        warmup_start_lr: float = 0.0,
-        min_lr: float | None = None,
-        grad_clip: float = 1.0,
         token_budget: int = 4096,
         layout: str = "auto",
+        compute_dtype: torch.dtype = torch.float32,
+        save_dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(model, token_budget=token_budget, layout=layout)
+        if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+            raise ValueError("LocalPolicy keeps fp32 master weights: load the trained model in float32")
+        super().__init__(model, token_budget=token_budget, layout=layout, compute_dtype=compute_dtype)
         self.tokenizer = tokenizer
-        self.grad_clip = grad_clip
-        decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2 and "norm" not in n]
-        no_decay = [p for n, p in model.named_parameters() if p.requires_grad and (p.ndim < 2 or "norm" in n)]
+        self.grad_clip = optim.grad_clip
+        self.save_dtype = save_dtype
+        # MoE routers that train get the load-balancing loss the CausalLM forward would have added.
+        self.router_aux_coef = float(getattr(model.config, "router_aux_loss_coef", 0.0) or 0.0)
+        if not any(p.requires_grad for n, p in model.named_parameters() if ".gate." in n or "router" in n):
+            self.router_aux_coef = 0.0
+        trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        decay = [p for n, p in trained if p.ndim >= 2 and "norm" not in n]
+        no_decay = [p for n, p in trained if p.ndim < 2 or "norm" in n]
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr,
-            betas=betas,
+            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=optim.lr,
+            betas=optim.betas,
             foreach=True,
         )
-        ratio = None if min_lr is None else min_lr / lr
+        ratio = None if optim.min_lr is None else optim.min_lr / optim.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             lambda s: lr_lambda(
-                s, warmup=warmup_steps, total=total_steps, start_ratio=warmup_start_lr / lr, floor_ratio=ratio
+                s,
+                warmup=optim.warmup_steps,
+                total=optim.total_steps,
+                start_ratio=optim.warmup_start_lr / optim.lr,
+                floor_ratio=ratio,
             ),
         )
 
-    def forward_backward(self, batch: TrainBatch, loss_fn: LossFn, *, with_entropy: bool = False) -> dict[str, float]:
-        """Accumulate gradients of ``loss_fn`` over the batch; losses already carry the global normaliser."""
-        self.model.train()
+    def forward_backward(
+        self, batch: TrainBatch, loss: str, config: Mapping[str, Any] | None = None
+    ) -> dict[str, float]:
+        """Accumulate gradients of the registered step loss over the batch (normalisers from the batch)."""
+        spec, config = get_step_loss(loss), dict(config or {})
+        norm = Normalisers(batch.num_tokens, batch.num_sequences)
+        self.model.eval()  # dropout off: see the class docstring
+        microbatches = self.microbatches(batch.sequences)
+        real_total = sum(_real_tokens(mb) for mb in microbatches)
         per_mb: list[dict[str, torch.Tensor | float]] = []
-        for mb in self.microbatches(batch.sequences):
-            logprobs_SL, entropy_SL = self.forward_SL(mb, with_entropy=with_entropy)
+        for mb in microbatches:
+            logprobs_SL, entropy_SL, routers = self.forward_SL(
+                mb, batch.temperature, with_entropy=spec.entropy, router_logits=self.router_aux_coef > 0
+            )
             tensors = {k: v.to(logprobs_SL.device) for k, v in values_SL(batch.sequences, mb).items()}
-            loss, metrics = loss_fn(logprobs_SL, tensors)
-            if loss.requires_grad:  # a micro-batch with nothing scored has no graph (and no gradient)
-                loss.backward()
+            value, metrics = spec.fn(logprobs_SL, tensors, norm, config)
             metrics = dict(metrics)
-            metrics["loss"] = float(loss.detach())
+            if routers:
+                # each micro-batch's mean over its real tokens, weighted by its share of the step's tokens
+                aux = self._router_aux(routers, mb) * (_real_tokens(mb) / real_total)
+                value = value + self.router_aux_coef * aux
+                metrics["router_aux_loss"] = float(aux.detach())
+            if value.requires_grad:  # a micro-batch with nothing scored has no graph (and no gradient)
+                value.backward()
+            metrics["loss"] = float(value.detach())
             if entropy_SL is not None:
                 metrics["entropy_sum"] = float((entropy_SL.detach() * tensors["mask"]).sum())
                 metrics.setdefault("tokens", float(tensors["mask"].sum()))
             per_mb.append(metrics)
         return summarize_metrics(per_mb)
 
+    def _router_aux(self, routers: tuple[torch.Tensor, ...], mb: MicroBatch) -> torch.Tensor:
+        config = self.model.config
+        real = None if mb.real_RT is None else mb.real_RT.flatten().to(self.device)
+        experts = getattr(config, "num_experts", None) or config.n_routed_experts
+        return load_balancing_loss(routers, experts, config.num_experts_per_tok, real)
+
     def optim_step(self) -> dict[str, float]:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        lr = self.scheduler.get_last_lr()[0]
+        if all(p.grad is None for p in params):  # nothing was trained this step; the schedule keeps its pace
+            with warnings.catch_warnings():  # torch warns when the schedule moves before any optimizer step
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+                self.scheduler.step()
+            return {"skipped_update": 1.0, "lr": lr}
         if self.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-        lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"grad_norm": float(norm), "lr": lr}
 
-    def skip_step(self) -> None:
-        """No update this step (nothing to train on), but the LR schedule keeps its pace."""
-        with warnings.catch_warnings():  # torch warns when the schedule moves before any optimizer step
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
-            self.scheduler.step()
-
-    def state_dict(self) -> Mapping[str, torch.Tensor]:
-        return self.model.state_dict()
-
     def save(self, path: Path) -> None:
         from cascade_rl.model.load import save
 
-        save(self.model, self.tokenizer, path)
+        save(self.model, self.tokenizer, path, dtype=self.save_dtype)
+
+    def save_state(self, path: Path) -> None:
+        """``trainer_state.pt`` (optimizer, schedule, RNG) and ``model/`` (the fp32 master weights, an HF folder)."""
+        from cascade_rl.checkpoint import write_trainer_state
+        from cascade_rl.model.load import save
+
+        write_trainer_state(path, self.optimizer, self.scheduler)  # first: it captures the RNG
+        save(self.model, self.tokenizer, path / "model")
+
+    def load_state(self, path: Path) -> None:
+        from transformers import AutoModelForCausalLM
+
+        from cascade_rl.checkpoint import read_trainer_state
+
+        saved = AutoModelForCausalLM.from_pretrained(path / "model", dtype=torch.float32)
+        self.model.load_state_dict(saved.state_dict())  # in place: the optimizer keeps its parameters
+        read_trainer_state(path, self.optimizer, self.scheduler)  # RNG restored last
+
+
+def _real_tokens(mb: MicroBatch) -> int:
+    return int(mb.input_ids.numel() if mb.real_RT is None else mb.real_RT.sum())
 
 
 @dataclass
@@ -278,18 +383,25 @@ class _Decoding:
 class LocalGenerator:
     """Batched sampling with a KV cache; log-probs are those of the distribution actually sampled."""
 
-    def __init__(self, model: PreTrainedModel, *, batch_size: int = 64) -> None:
+    def __init__(
+        self, model: PreTrainedModel, *, batch_size: int = 64, compute_dtype: torch.dtype = torch.float32
+    ) -> None:
         self.model = model
         self.batch_size = batch_size
+        self.compute_dtype = compute_dtype
+        self.version = 0
         self.pad_id = model.config.pad_token_id or 0
         # Prefill only needs the last position's logits; the [rows, prompt, V] head output is waste.
         self._last_logits_only = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._copy_cache_rows = True  # cleared once a cache kind turns out not to support it
 
-    def sync(self, policy: Policy) -> None:
+    def sync(self, policy: Policy, version: int) -> None:
+        self.version = version
         if isinstance(policy, LocalScorer) and policy.model is self.model:
             return  # same module in-process: already current
-        self.model.load_state_dict(policy.state_dict())
+        if not isinstance(policy, LocalScorer):
+            raise TypeError(f"LocalGenerator syncs from an in-process policy, got {type(policy).__name__}")
+        self.model.load_state_dict(policy.model.state_dict())  # casts to this model's dtype
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[list[Completion]]:
@@ -308,7 +420,7 @@ class LocalGenerator:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return _model_device(self.model)
 
     def _batch(self, prompts: Sequence[list[int]], params: SamplingParams, gen: torch.Generator) -> list[Completion]:
         dev, rows = self.device, len(prompts)
@@ -334,6 +446,7 @@ class LocalGenerator:
                 tokens=tuple(token_rows[r][:n]),
                 logprobs=tuple(logprob_rows[r][:n]),
                 finish_reason="stop" if finished else "length",
+                policy_version=self.version,
             )
             for r, (n, finished) in enumerate(zip(lengths.tolist(), done.tolist(), strict=True))
         ]
@@ -367,7 +480,7 @@ class LocalGenerator:
             attention[r, width - len(p) :] = 1
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         keep = {"logits_to_keep": 1} if self._last_logits_only else {}
-        with _autocast(dev):
+        with autocast(dev, self.compute_dtype):
             out = self.model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True, **keep)
         return _Decoding(out.logits[:, -1], out.cache, attention, positions[:, -1])
 
@@ -375,7 +488,7 @@ class LocalGenerator:
         """Feed every row's sampled token; ``state`` then holds the next logits."""
         state.attention = torch.cat([state.attention, state.attention.new_ones(len(nxt), 1)], 1)
         state.position = state.position + 1
-        with _autocast(self.device):
+        with autocast(self.device, self.compute_dtype):
             out = self.model(
                 input_ids=nxt[:, None],
                 attention_mask=state.attention,

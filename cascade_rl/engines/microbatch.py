@@ -47,6 +47,7 @@ class MicroBatch:
     gather_SL: torch.Tensor  # [S, L] long: index into N (0 where not scored)
     scored_SL: torch.Tensor  # [S, L] bool: the token has a prediction in N
     valid_SL: torch.Tensor  # [S, L] bool: a real token after position 0 (scored or not)
+    real_RT: torch.Tensor | None = None  # [R, T] bool: a real (non-padding) input position; None = all real
 
 
 class _Scoring:
@@ -107,7 +108,7 @@ def _padded(seqs: Sequence[TrainSequence], indices: list[int], pad_id: int, scor
         attention[s, :n] = 1
         scoring.add(s, seqs[i], s * width + torch.arange(n))
     positions = torch.arange(width).expand(rows, width).clone()
-    return MicroBatch(indices, ids, positions, attention, *scoring.finish())
+    return MicroBatch(indices, ids, positions, attention, *scoring.finish(), real_RT=attention.bool())
 
 
 # --------------------------------------------------------------------------- shared prefix
@@ -208,7 +209,7 @@ def _shared(seqs: Sequence[TrainSequence], rows: list[_Row], pad_id: int, scored
             segment[r, start:end] = k
             scoring.add(slot[i], seqs[i], r * width + torch.cat([torch.arange(p), torch.arange(start, end)]))
             start = end
-    return MicroBatch(indices, ids, positions, _segment_mask(segment), *scoring.finish())
+    return MicroBatch(indices, ids, positions, _segment_mask(segment), *scoring.finish(), real_RT=segment >= 0)
 
 
 def _groups(seqs: Sequence[TrainSequence]) -> list[list[int]]:

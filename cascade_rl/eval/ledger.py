@@ -23,13 +23,17 @@ def _standard_error(score: float, count: int) -> float:
     return math.sqrt(max(score * (1.0 - score), 0.0) / count) if count > 0 else 0.0
 
 
+BASE = "base"  # the ledger row of the starting model
+
+
 @dataclass
 class LedgerRow:
     stage: str
     checkpoint: str
-    scores: dict[str, float]
+    scores: dict[str, float]  # the reported (test split) score of every column
     counts: dict[str, int] = field(default_factory=dict)  # prompts x samples behind each score
     errors: dict[str, float] = field(default_factory=dict)  # standard error of each score, over prompts
+    validation: dict[str, float] = field(default_factory=dict)  # validation-split scores: what teachers are chosen on
 
     def error(self, column: str) -> float:
         """The measured standard error of a score; without one, the Bernoulli bound from its sample count."""
@@ -101,7 +105,11 @@ class Ledger:
                 cells.append(f"**{text}**" if best.get(c) is row else text)
             lines.append(f"| {row.stage} | " + " | ".join(cells) + " |")
         lines.append("")
-        lines.append("Bold: best checkpoint of the domain so far (MOPD teacher candidate).")
+        lines.append("Bold: best held-out (test) score of the domain.")
+        candidates = {c: best_on_validation(self, c) for c in cols}
+        named = [f"{c} {r.stage}" for c, r in candidates.items() if r is not None]
+        if named:
+            lines.append("MOPD teacher candidates (best on the validation split, base excluded): " + ", ".join(named))
         drops = self.forgetting()
         if drops:
             lines.append("Forgetting: " + "; ".join(f"{c} {a} -> {b} (-{d:.3f})" for c, a, b, d in drops))
@@ -130,21 +138,55 @@ class Ledger:
         return cls([LedgerRow(**r) for r in data["rows"]])
 
 
+def teacher_rows(ledger: Ledger, include_base: bool) -> list[LedgerRow]:
+    """Rows that may be MOPD teachers: every stage's checkpoint, the base model only when allowed."""
+    return [r for r in ledger.rows if include_base or r.stage != BASE]
+
+
+def best_on_validation(ledger: Ledger, column: str, include_base: bool = False) -> LedgerRow | None:
+    """The row with the best validation score of ``column`` (ties: the earlier stage), None if none has one."""
+    best: LedgerRow | None = None
+    for row in teacher_rows(ledger, include_base):
+        score = row.validation.get(column)
+        if score is not None and (best is None or score > best.validation[column]):
+            best = row
+    return best
+
+
 def choose_teachers(
-    ledger: Ledger, domains: list[str], thinking: bool, explicit: Mapping[str, str] | None = None
+    ledger: Ledger,
+    domains: list[str],
+    thinking: bool,
+    explicit: Mapping[str, str] | None = None,
+    *,
+    include_base: bool = False,
+    fallback: bool = False,
 ) -> dict[str, str]:
-    """Per domain, the checkpoint with the best held-out score in the ledger; explicit paths win."""
+    """Per domain, the checkpoint with the best validation score in the ledger; explicit paths win.
+
+    Teachers are chosen on the validation split, never on the test split the ledger reports, so the
+    reported numbers do not flatter the choice; the base model is a candidate only with ``include_base``.
+    A domain without a validation score is an error, or with ``fallback`` left out (for a default teacher).
+    """
     from cascade_rl.eval.runner import column
 
-    best = ledger.best()
     chosen = dict(explicit or {})
     for domain in domains:
         if domain in chosen:
             continue
-        row = best.get(column(domain, thinking))
+        row = best_on_validation(ledger, column(domain, thinking), include_base)
+        if row is None and fallback:
+            continue
         if row is None:
             raise KeyError(
-                f"no ledger score for domain {domain!r} ({'think' if thinking else 'direct'}) to pick a teacher"
+                f"no validation score for domain {domain!r} ({'think' if thinking else 'direct'}) in the ledger "
+                "to pick a teacher: evaluate it (eval.domains / eval.validation) or name its teacher in the stage"
             )
         chosen[domain] = row.checkpoint
     return chosen
+
+
+def best_overall(ledger: Ledger, include_base: bool = False) -> LedgerRow:
+    """The row with the highest mean validation score (the default teacher)."""
+    rows = [r for r in teacher_rows(ledger, include_base) if r.validation] or teacher_rows(ledger, True)
+    return max(rows, key=lambda r: sum(r.validation.values()) / max(len(r.validation), 1))

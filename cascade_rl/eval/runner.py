@@ -1,7 +1,9 @@
 """Batched evaluation on held-out sets: avg@k, pass@k, thinking and non-thinking modes.
 
-Works on any model folder: it needs only a model, its tokenizer and prompts with verifier specs.
-Every prompt / completion / verdict goes to a JSONL file for inspection.
+Works on any generator the backend hands over: it needs only a generator, the model's tokenizer and
+prompts with verifier specs. Episodes run through the rollout half (``loops.rollout``), so an
+evaluation samples and scores exactly as training does. Every prompt / completion / verdict goes to
+a JSONL file for inspection.
 """
 
 from __future__ import annotations
@@ -13,16 +15,18 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from cascade_rl.chat import encode_prompt, parse_completion
-from cascade_rl.config import EvalConfig
-from cascade_rl.data.build import domain_of, prompts_for
-from cascade_rl.engines.base import SamplingParams
-from cascade_rl.engines.local import LocalGenerator
+from cascade_rl.chat import parse_completion
+from cascade_rl.config import DataConfig, EvalConfig
+from cascade_rl.data.build import prompts_for
+from cascade_rl.engines.base import Generator, SamplingParams
 from cascade_rl.logging import progress_bar
-from cascade_rl.rewards import verify_batch
-from cascade_rl.types import Prompt
+from cascade_rl.loops.rollout import PromptEncoder, run_episodes, with_rewards
+from cascade_rl.rewards.reward_fn import RewardFn, VerifierReward
+from cascade_rl.types import Prompt, TrajectoryGroup
+
+VALIDATION, TEST = "validation", "test"
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,7 @@ class DomainScore:
     truncation_rate: float
     response_length: float
     stderr: float = 0.0  # standard error of ``avg`` over prompts (a prompt's samples are not independent)
+    split: str = TEST
 
     @property
     def key(self) -> str:
@@ -55,106 +60,130 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def evaluate_prompts(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[Prompt],
-    domain: str,
-    config: EvalConfig,
-    thinking: bool,
-    *,
-    samples_file: Path | None = None,
-) -> DomainScore:
-    generator = LocalGenerator(model, batch_size=config.batch_size)
-    k = 1 if config.temperature == 0 else config.samples
-    params = SamplingParams(
-        n=k,
+def _params(config: EvalConfig, tokenizer: PreTrainedTokenizerBase) -> SamplingParams:
+    return SamplingParams(
+        n=1 if config.temperature == 0 else config.samples,
         temperature=config.temperature,
         top_p=config.top_p,
         max_new_tokens=config.max_new_tokens,
         stop_token_ids=(tokenizer.eos_token_id,),
         seed=config.seed,
     )
-    ids = [encode_prompt(tokenizer, list(p.messages), p.tools, enable_thinking=thinking) for p in prompts]
-    per_prompt_batch = max(1, config.batch_size // k)
-    rows, scores, correct = [], [], []
-    truncated, lengths = [], []
-    for start in range(0, len(prompts), per_prompt_batch):
-        chunk = range(start, min(start + per_prompt_batch, len(prompts)))
-        completions = generator.generate([ids[i] for i in chunk], params)
-        flat = [(i, c) for i, group in zip(chunk, completions, strict=True) for c in group]
-        texts = [tokenizer.decode(list(c.tokens), skip_special_tokens=False) for _, c in flat]
-        verdicts = verify_batch(
-            texts,
-            [prompts[i].spec for i, _ in flat],
-            [c.finish_reason == "length" for _, c in flat],
-            thinking=thinking,
-            workers=config.reward_workers,
-        )
-        offset = 0
-        for group in completions:  # a prompt's samples are consecutive in ``flat``
-            mine = [v.score for v in verdicts[offset : offset + len(group)]]
-            offset += len(group)
-            scores.append(statistics.fmean(mine))
-            correct.append(sum(s >= 1.0 for s in mine))
-            truncated.extend(c.finish_reason == "length" for c in group)
-            lengths.extend(len(c.tokens) for c in group)
-        for (i, c), text, verdict in zip(flat, texts, verdicts, strict=True):
-            parsed = parse_completion(text, thinking=thinking)
+
+
+def _sample_rows(groups: Sequence[TrajectoryGroup], split: str) -> list[dict]:
+    rows = []
+    for group in groups:
+        for t in group.trajectories:
             rows.append(
                 {
-                    "domain": domain,
-                    "thinking": thinking,
-                    "uid": prompts[i].uid,
-                    "prompt": list(prompts[i].messages),
-                    "completion": text,
-                    "answer": parsed.content,
-                    "score": verdict.score,
-                    "info": verdict.info,
-                    "finish_reason": c.finish_reason,
+                    "domain": group.prompt.domain,
+                    "split": split,
+                    "thinking": group.thinking,
+                    "uid": group.prompt.uid,
+                    "prompt": list(group.prompt.messages),
+                    "completion": t.final_text,
+                    "answer": parse_completion(t.final_text, thinking=group.thinking).content,
+                    "score": t.reward,
+                    "info": dict(t.info),
+                    "finish_reason": "length" if t.truncated else "stop",
                 }
             )
-    if samples_file is not None:
-        samples_file.parent.mkdir(parents=True, exist_ok=True)
-        with samples_file.open("a", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    n = len(prompts)
+    return rows
+
+
+def score_groups_of(domain: str, thinking: bool, groups: Sequence[TrajectoryGroup], split: str) -> DomainScore:
+    """avg@k, pass@k and friends of one domain's scored groups."""
+    per_prompt = [statistics.fmean(g.rewards) for g in groups]
+    correct = [sum(r >= 1.0 for r in g.rewards) for g in groups]
+    flat = [t for g in groups for t in g.trajectories]
+    n, k = len(groups), len(groups[0].trajectories) if groups else 0
     return DomainScore(
         domain=domain,
         thinking=thinking,
         prompts=n,
         samples=k,
-        avg=statistics.fmean(scores) if scores else 0.0,
+        avg=statistics.fmean(per_prompt) if per_prompt else 0.0,
         pass_at_k=sum(c > 0 for c in correct) / max(n, 1),
         pass_at_1=statistics.fmean(pass_at_k(k, c, 1) for c in correct) if correct else 0.0,
-        truncation_rate=statistics.fmean(truncated) if truncated else 0.0,
-        response_length=statistics.fmean(lengths) if lengths else 0.0,
-        stderr=statistics.stdev(scores) / math.sqrt(n) if n > 1 else 0.0,
+        truncation_rate=statistics.fmean(t.truncated for t in flat) if flat else 0.0,
+        response_length=statistics.fmean(t.model_tokens for t in flat) if flat else 0.0,
+        stderr=statistics.stdev(per_prompt) / math.sqrt(n) if n > 1 else 0.0,
+        split=split,
     )
 
 
+def evaluate_prompts(
+    generator: Generator,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Prompt],
+    config: EvalConfig,
+    thinking: bool,
+    *,
+    reward_fn: RewardFn | None = None,
+    split: str = TEST,
+    samples_file: Path | None = None,
+) -> list[DomainScore]:
+    """Score prompts in one thinking mode; one ``DomainScore`` per domain the prompts resolve to."""
+    params = _params(config, tokenizer)
+    reward_fn = reward_fn or VerifierReward(workers=config.reward_workers)
+    encode = PromptEncoder(tokenizer, thinking)
+    per_call = max(1, config.batch_size // params.n)
+    groups: list[TrajectoryGroup] = []
+    for start in range(0, len(prompts), per_call):
+        batch = run_episodes(prompts[start : start + per_call], generator, tokenizer, params, encode)
+        groups.extend(with_rewards(batch, reward_fn))
+    if samples_file is not None:
+        samples_file.parent.mkdir(parents=True, exist_ok=True)
+        with samples_file.open("a", encoding="utf-8") as handle:
+            for row in _sample_rows(groups, split):
+                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    by_domain: dict[str, list[TrajectoryGroup]] = {}
+    for group in groups:
+        by_domain.setdefault(group.prompt.domain, []).append(group)
+    return [score_groups_of(d, thinking, gs, split) for d, gs in sorted(by_domain.items())]
+
+
+def validation_sets(config: EvalConfig) -> list[DataConfig]:
+    """The sets teachers are chosen on: ``config.validation``, else each task domain's validation split."""
+    if config.validation is not None:
+        return list(config.validation)
+    return [c.model_copy(update={"split": VALIDATION}) for c in config.domains if c.task is not None]
+
+
 def evaluate(
-    model: PreTrainedModel,
+    generator: Generator,
     tokenizer: PreTrainedTokenizerBase,
     config: EvalConfig,
     *,
+    validation: bool = False,
     samples_file: Path | None = None,
     label: str = "eval",
 ) -> list[DomainScore]:
-    """Score every configured held-out domain in every configured thinking mode."""
+    """Score every configured held-out domain in every configured thinking mode (test split), and with
+    ``validation`` also the validation sets (``DomainScore.split`` tells them apart)."""
     if samples_file is not None and samples_file.exists():
         samples_file.unlink()  # a re-run replaces, never appends to, an unfinished evaluation
-    jobs = [(c, t) for c in config.domains for t in config.thinking]
+    jobs = [(c, t, TEST) for c in config.domains for t in config.thinking]
+    if validation:
+        jobs += [(c, t, VALIDATION) for c in validation_sets(config) for t in config.thinking]
+    reward_fn = VerifierReward(workers=config.reward_workers)
     results = []
     with progress_bar(len(jobs), label) as bar:
-        for data, thinking in jobs:
-            domain = domain_of(data)
-            score = evaluate_prompts(
-                model, tokenizer, prompts_for(data, "eval"), domain, config, thinking, samples_file=samples_file
+        for data, thinking, split in jobs:
+            prompts = prompts_for(data, split)
+            scores = evaluate_prompts(
+                generator,
+                tokenizer,
+                prompts,
+                config,
+                thinking,
+                reward_fn=reward_fn,
+                split=split,
+                samples_file=samples_file,
             )
-            results.append(score)
-            bar.update(**{score.key: f"{score.avg:.3f}"})
+            results.extend(scores)
+            bar.update(**{f"{s.key}{'' if split == TEST else '@val'}": f"{s.avg:.3f}" for s in scores})
     return results
 
 

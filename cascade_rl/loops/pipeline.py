@@ -21,19 +21,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 
 from cascade_rl.config import EvalConfig, MOPDStage, PipelineConfig, RLStage, SFTStage, dump_config
-from cascade_rl.engines.local import LocalScorer
-from cascade_rl.eval.ledger import Ledger, LedgerRow, choose_teachers
-from cascade_rl.eval.runner import evaluate, scores_to_json
+from cascade_rl.data.build import prompt_domains
+from cascade_rl.engines.backend import Backend, build_backend, resolve_dtype
+from cascade_rl.eval.ledger import BASE, Ledger, LedgerRow, best_overall, choose_teachers
+from cascade_rl.eval.runner import TEST, evaluate, scores_to_json
 from cascade_rl.logging import MetricsLogger, console
-from cascade_rl.loops.common import is_finished, save_final
+from cascade_rl.loops.common import is_finished
 from cascade_rl.loops.objectives import TeacherRouter
+from cascade_rl.loops.preflight import preflight
 from cascade_rl.loops.rl import run_rl
 from cascade_rl.loops.sft import run_sft
-from cascade_rl.model import load
 from cascade_rl.plots import ledger_heatmap, reward_curves
 
 
@@ -64,56 +64,72 @@ def _check_recipe(config: PipelineConfig, run_dir: Path) -> None:
     dump_config(config, path)
 
 
-def _dtype(config: PipelineConfig) -> str:
-    if config.model.dtype != "auto":
-        return config.model.dtype
-    return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+def _needs_validation(config: PipelineConfig) -> bool:
+    """Validation sets are scored only when some MOPD stage will choose a teacher from the ledger."""
+    return any(isinstance(s, MOPDStage) for s in config.stages)
 
 
 def _evaluate_into(
-    ledger: Ledger, name: str, model_dir: Path, eval_cfg: EvalConfig, stage_dir: Path, dtype: str, wall: float
+    ledger: Ledger,
+    backend: Backend,
+    name: str,
+    model_dir: Path,
+    config: PipelineConfig,
+    stage_dir: Path,
+    wall: float,
 ) -> None:
     """Evaluate a finished model once; the result file makes it idempotent across resumes."""
     result_file = stage_dir / "eval.json"
     if not result_file.is_file():
-        model, tokenizer = load(model_dir, dtype=dtype)
-        scores = evaluate(model, tokenizer, eval_cfg, samples_file=stage_dir / "samples.jsonl", label=f"eval:{name}")
+        eval_cfg: EvalConfig = config.eval
+        generator = backend.eval_generator(model_dir, eval_cfg.batch_size)
+        scores = evaluate(
+            generator,
+            backend.tokenizer(model_dir),
+            eval_cfg,
+            validation=_needs_validation(config),
+            samples_file=stage_dir / "samples.jsonl",
+            label=f"eval:{name}",
+        )
         tmp = result_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(scores_to_json(scores), indent=2))
         tmp.replace(result_file)
     scores = json.loads(result_file.read_text())
+    test = [s for s in scores if s.get("split", TEST) == TEST]
     ledger.add(
         LedgerRow(
             stage=name,
             checkpoint=str(model_dir),
-            scores={s["key"]: s["avg"] for s in scores},
-            counts={s["key"]: s["prompts"] * s["samples"] for s in scores},
-            errors={s["key"]: s["stderr"] for s in scores if "stderr" in s},
+            scores={s["key"]: s["avg"] for s in test},
+            counts={s["key"]: s["prompts"] * s["samples"] for s in test},
+            errors={s["key"]: s["stderr"] for s in test if "stderr" in s},
+            validation={s["key"]: s["avg"] for s in scores if s.get("split", TEST) != TEST},
             wall_time=wall,
         )
     )
 
 
-def build_teachers(stage: MOPDStage, config: PipelineConfig, ledger: Ledger, dtype: str) -> tuple[TeacherRouter, dict]:
-    from cascade_rl.data.build import domain_of
-
-    domains = sorted({domain_of(p) for p in stage.prompts})
+def build_teachers(
+    stage: MOPDStage, config: PipelineConfig, ledger: Ledger, backend: Backend
+) -> tuple[TeacherRouter, dict]:
+    """One scorer per distinct teacher checkpoint: explicit ones, else each domain's best on validation."""
+    domains = prompt_domains(stage.prompts, "rl")
     thinking = stage.thinking if stage.thinking in config.eval.thinking else config.eval.thinking[0]
-    chosen = choose_teachers(ledger, domains, thinking, stage.teachers)
-    default = stage.default_teacher or max(ledger.rows, key=lambda r: sum(r.scores.values())).checkpoint
-    paths = {**chosen, "__default__": default}
-
-    def factory(path: str):
-        return lambda: LocalScorer(load(path, dtype=dtype)[0].eval())
-
-    if stage.teachers_on_demand:
-        scorers = {d: factory(p) for d, p in paths.items()}
-    else:
-        cache: dict[str, LocalScorer] = {}
-        for p in dict.fromkeys(paths.values()):
-            cache[p] = LocalScorer(load(p, dtype=dtype)[0].eval())
-        scorers = {d: cache[p] for d, p in paths.items()}
-    return TeacherRouter(scorers, default="__default__"), {"domains": chosen, "default": default}
+    chosen = choose_teachers(
+        ledger,
+        domains,
+        thinking,
+        stage.teachers,
+        include_base=stage.base_as_teacher,
+        fallback=stage.default_teacher is not None,
+    )
+    default = stage.default_teacher
+    if default is None and not chosen:
+        default = best_overall(ledger, stage.base_as_teacher).checkpoint
+    paths = {**chosen, **({"__default__": default} if default else {})}
+    loaded = {p: backend.scorer(p, offload=stage.teachers_on_demand) for p in dict.fromkeys(paths.values())}
+    router = TeacherRouter({d: loaded[p] for d, p in paths.items()}, default="__default__" if default else None)
+    return router, {"domains": chosen, "default": default}
 
 
 def _check_tokenizer(student_dir: Path, teacher_dirs: list[str]) -> None:
@@ -127,28 +143,63 @@ def _check_tokenizer(student_dir: Path, teacher_dirs: list[str]) -> None:
             )
 
 
-def run_pipeline(config: PipelineConfig) -> PipelineResult:
+def _base_model(config: PipelineConfig, run_dir: Path) -> Path:
+    """The starting model as an HF folder in the run (every stage then starts from a folder)."""
+    from cascade_rl.model import load, save
+
+    base_dir = run_dir / BASE / "model"
+    if not is_finished(base_dir):
+        m = config.model
+        tiny = {"seed": m.seed, "vocab_size": m.vocab_size, **m.tiny} if m.spec.startswith("tiny:") else {}
+        model, tokenizer = load(m.spec, dtype=resolve_dtype(m.dtype), **tiny)
+        from cascade_rl.checkpoint import atomic_directory
+
+        with atomic_directory(base_dir) as tmp:
+            save(model, tokenizer, tmp)
+        del model
+    return base_dir
+
+
+def _run_stage(
+    index: int,
+    stage: SFTStage | RLStage | MOPDStage,
+    current: Path,
+    config: PipelineConfig,
+    ledger: Ledger,
+    backend: Backend,
+    teachers_used: dict[str, dict],
+) -> None:
+    run_dir = Path(config.output_dir)
+    stage_dir = run_dir / "stages" / f"{index:02d}-{stage.name}"
+    console.rule(f"stage {index + 1}/{len(config.stages)}: {stage.name} ({stage.type})")
+    with MetricsLogger(stage_dir) as logger:
+        if isinstance(stage, SFTStage):
+            run_sft(stage, backend, current, stage_dir, logger=logger)
+            return
+        router = None
+        if isinstance(stage, MOPDStage):
+            router, teachers_used[stage.name] = build_teachers(stage, config, ledger, backend)
+            used = teachers_used[stage.name]
+            _check_tokenizer(current, [*used["domains"].values(), *([used["default"]] if used["default"] else [])])
+            (run_dir / "teachers.json").write_text(json.dumps(teachers_used, indent=2))
+        run_rl(stage, backend, current, stage_dir, teachers=router, logger=logger)
+
+
+def run_pipeline(config: PipelineConfig, backend: Backend | None = None) -> PipelineResult:
+    """Run the cascade (resuming what a previous run of the same recipe left); ``backend`` defaults to the
+    one the recipe's ``engine`` section names."""
+    from cascade_rl.rewards.sandbox import set_min_isolation
+
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_recipe(config, run_dir)
-    dtype = _dtype(config)
+    set_min_isolation(config.sandbox.min_isolation)
+    preflight(config)
+    backend = backend or build_backend(config.engine, config.model)
     ledger = Ledger.load(run_dir)
-    base_dir = run_dir / "base" / "model"
-    if not is_finished(base_dir):
-        model, tokenizer = (
-            load(
-                config.model.spec,
-                dtype=dtype,
-                seed=config.model.seed,
-                vocab_size=config.model.vocab_size,
-                **config.model.tiny,
-            )
-            if config.model.spec.startswith("tiny:")
-            else load(config.model.spec, dtype=dtype)
-        )
-        save_final(model, tokenizer, base_dir)
-    if not ledger.has("base"):
-        _evaluate_into(ledger, "base", base_dir, config.eval, run_dir / "base", dtype, 0.0)
+    base_dir = _base_model(config, run_dir)
+    if not ledger.has(BASE):
+        _evaluate_into(ledger, backend, BASE, base_dir, config, run_dir / BASE, 0.0)
         ledger.save(run_dir)
     current, teachers_used, times = base_dir, {}, {}
     for index, stage in enumerate(config.stages):
@@ -156,24 +207,10 @@ def run_pipeline(config: PipelineConfig) -> PipelineResult:
         model_dir = stage_dir / "model"
         started = time.perf_counter()
         if not is_finished(model_dir):
-            console.rule(f"stage {index + 1}/{len(config.stages)}: {stage.name} ({stage.type})")
-            model, tokenizer = load(current, dtype=dtype)
-            with MetricsLogger(stage_dir) as logger:
-                if isinstance(stage, SFTStage):
-                    run_sft(stage, model, tokenizer, stage_dir, logger=logger)
-                else:
-                    router = None
-                    if isinstance(stage, MOPDStage):
-                        router, teachers_used[stage.name] = build_teachers(stage, config, ledger, dtype)
-                        used = teachers_used[stage.name]
-                        _check_tokenizer(current, [*used["domains"].values(), used["default"]])
-                        (run_dir / "teachers.json").write_text(json.dumps(teachers_used, indent=2))
-                    assert isinstance(stage, RLStage)
-                    run_rl(stage, model, tokenizer, stage_dir, teachers=router, logger=logger)
-            del model
+            _run_stage(index, stage, current, config, ledger, backend, teachers_used)
         times[stage.name] = time.perf_counter() - started
         if not ledger.has(stage.name):
-            _evaluate_into(ledger, stage.name, model_dir, config.eval, stage_dir, dtype, times[stage.name])
+            _evaluate_into(ledger, backend, stage.name, model_dir, config, stage_dir, times[stage.name])
             ledger.save(run_dir)
         current = model_dir
     plots = _plots(config, run_dir, ledger)

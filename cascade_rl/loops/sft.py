@@ -10,26 +10,19 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Mapping
-from functools import partial
 from pathlib import Path
 
-import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
-from cascade_rl.algo.losses import nll_loss
 from cascade_rl.chat import tokenize_conversation
 from cascade_rl.config import SFTStage
 from cascade_rl.data.build import sft_records
 from cascade_rl.data.packing import pack
 from cascade_rl.data.sources import apply_length_policy, domain_token_report, format_report
+from cascade_rl.engines.backend import Backend, ModelSource
 from cascade_rl.engines.base import TrainBatch, TrainSequence
 from cascade_rl.logging import MetricsLogger, console, progress_bar
-from cascade_rl.loops.common import build_policy, checkpoint, resume, save_final, set_seed
-
-
-def _nll(logprobs_SL: torch.Tensor, tensors: Mapping[str, torch.Tensor], *, num_tokens: float) -> tuple:
-    return nll_loss(logprobs_SL, tensors["mask"], num_tokens)
+from cascade_rl.loops.common import checkpoint, resume, save_final, set_seed
 
 
 def build_samples(stage: SFTStage, tokenizer: PreTrainedTokenizerBase) -> tuple[list[TrainSequence], str]:
@@ -75,34 +68,33 @@ def step_plan(samples: list[TrainSequence], stage: SFTStage) -> list[list[int]]:
 
 def run_sft(
     stage: SFTStage,
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
+    backend: Backend,
+    start: ModelSource,
     run_dir: Path,
     *,
     logger: MetricsLogger | None = None,
 ) -> Path:
-    """Train, checkpointing every ``save_every`` steps; resumes from ``run_dir`` when it holds checkpoints.
-
-    Returns the folder of the trained model (``run_dir/model``).
-    """
+    """Train from ``start``, checkpointing every ``save_every`` steps; resumes from ``run_dir`` when it holds
+    checkpoints. Returns the folder of the trained model (``run_dir/model``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     set_seed(stage.seed)
+    tokenizer = backend.tokenizer(start)
     samples, report = build_samples(stage, tokenizer)
     console.print(report, markup=False, highlight=False, soft_wrap=True)
     plan = step_plan(samples, stage)
-    policy = build_policy(model, tokenizer, stage.optim, len(plan), stage.pack_length)
-    start = resume(run_dir, policy, stage.name, len(plan))
+    policy = backend.policy(start, stage.optim, len(plan), microbatch_tokens=stage.pack_length)
+    first = resume(run_dir, policy, stage.name, len(plan))
     own_logger = logger is None
     logger = logger or MetricsLogger(run_dir)
     try:
         with progress_bar(len(plan), f"sft:{stage.name}") as bar:
-            bar.update(advance=start)
-            for step in range(start, len(plan)):
+            bar.update(advance=first)
+            for step in range(first, len(plan)):
                 t0 = time.perf_counter()
                 seqs = [samples[i] for i in plan[step]]
                 num_tokens = float(sum(sum(s.mask[1:]) for s in seqs))
                 batch = TrainBatch(seqs, num_tokens=num_tokens, num_sequences=len(seqs))
-                metrics = policy.forward_backward(batch, partial(_nll, num_tokens=num_tokens))
+                metrics = policy.forward_backward(batch, "nll")
                 metrics |= policy.optim_step()
                 elapsed = time.perf_counter() - t0
                 metrics |= {
@@ -114,8 +106,8 @@ def run_sft(
                 logger.log(metrics, step + 1, stage=stage.name)
                 bar.update(loss=f"{metrics['loss']:.4f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
                 if (step + 1) % stage.save_every == 0 and step + 1 < len(plan):
-                    checkpoint(run_dir, step + 1, policy, {"stage": stage.name})
+                    checkpoint(run_dir, step + 1, policy, {"stage": stage.name}, stage.keep_last)
     finally:
         if own_logger:
             logger.close()
-    return save_final(model, tokenizer, run_dir / "model")
+    return save_final(policy, run_dir / "model")

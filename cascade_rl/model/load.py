@@ -57,10 +57,20 @@ def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """Attach the Cascade-2 chat template; make ``<|im_end|>`` the end-of-turn token; ensure a pad."""
+    """Attach the Cascade-2 chat template; make ``<|im_end|>`` the end-of-turn token; ensure a pad.
+
+    The format ends every turn with ``<|im_end|>``, and generation stops on its id: a tokenizer that
+    splits it into several tokens would never stop a rollout (every one truncated), so it is refused.
+    """
+    ids = tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"]
+    if "<|im_end|>" not in tokenizer.get_vocab() or len(ids) != 1:
+        raise ModelSpecError(
+            f"the tokenizer has no single <|im_end|> token (it encodes to {len(ids)} ids): the Cascade-2 chat "
+            "format ends every turn with it and generation stops on it; add it as a special token "
+            "(tokenizer.add_special_tokens + model.resize_token_embeddings) or use a ChatML tokenizer"
+        )
     tokenizer.chat_template = chat_template()
-    if "<|im_end|>" in tokenizer.get_vocab():
-        tokenizer.eos_token = "<|im_end|>"
+    tokenizer.eos_token = "<|im_end|>"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -80,6 +90,30 @@ def _forget_gguf_quantization(model: PreTrainedModel) -> None:
     model.is_quantized = False
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
+
+
+def _source(spec: str) -> tuple[Path, dict[str, Any]]:
+    """(folder, from_pretrained kwargs) of a non-tiny spec: smollm2, a .gguf file or an HF folder."""
+    path = smollm2_path() if spec == "smollm2" else Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelSpecError(f"GGUF file not found: {path}")
+        return path.parent, {"gguf_file": path.name}
+    if path.is_dir() and (path / "config.json").is_file():
+        return path, {}
+    raise ModelSpecError(
+        f"cannot load {spec!r}: expected tiny:<family>, smollm2, a .gguf file or a Hugging Face model "
+        "folder with config.json (model hubs are not reached)"
+    )
+
+
+def load_tokenizer(spec: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of a saved model (smollm2, .gguf or HF folder) without loading its weights."""
+    spec = str(spec)
+    if spec.startswith("tiny:"):
+        raise ModelSpecError(f"{spec}: a tiny spec builds its tokenizer with the model; use load()")
+    source, kwargs = _source(spec)
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(source, **kwargs))
 
 
 def load(
@@ -106,19 +140,7 @@ def load(
         model, tokenizer = build_tiny(family, seed=seed, **tiny_overrides)
         model = model.to(torch_dtype)
     else:
-        path = smollm2_path() if spec == "smollm2" else Path(spec).expanduser()
-        if path.suffix == ".gguf":
-            if not path.is_file():
-                raise ModelSpecError(f"GGUF file not found: {path}")
-            kwargs: dict[str, Any] = {"gguf_file": path.name}
-            source: Path = path.parent
-        elif path.is_dir() and (path / "config.json").is_file():
-            kwargs, source = {}, path
-        else:
-            raise ModelSpecError(
-                f"cannot load {spec!r}: expected tiny:<family>, smollm2, a .gguf file or a Hugging Face model "
-                "folder with config.json (model hubs are not reached)"
-            )
+        source, kwargs = _source(spec)
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
         if "gguf_file" in kwargs:
@@ -145,12 +167,26 @@ def _quiet_progress() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path) -> Path:
-    """Write an ordinary Hugging Face folder: safetensors weights, config, tokenizer, chat template."""
+def save(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path, *, dtype: torch.dtype | None = None
+) -> Path:
+    """Write an ordinary Hugging Face folder: safetensors weights, config, tokenizer, chat template.
+
+    ``dtype`` casts floating-point weights on the way out (an fp32 master saved as bf16) without
+    touching the model itself; None keeps the model's own dtype.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    state = None
+    if dtype is not None and dtype != model.dtype:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
     with _quiet_progress():  # one shard per tiny checkpoint: a progress bar per save is noise in the run's output
-        model.save_pretrained(path, safe_serialization=True)
+        model.save_pretrained(path, safe_serialization=True, state_dict=state)
+    if state is not None:  # save_pretrained states the module's own dtype; the weights on disk are ``dtype``
+        config_file = path / "config.json"
+        saved = json.loads(config_file.read_text())
+        saved["dtype"] = str(dtype).removeprefix("torch.")
+        config_file.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
     prepare_tokenizer(tokenizer)
     tokenizer.save_pretrained(path)
     # Older consumers read the template from tokenizer_config.json; newer ones from the .jinja file.

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from cascade_rl.chat import ParsedCompletion, parse_completion
+from cascade_rl.rewards.sandbox import SandboxError
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def verify(text: str, spec: Mapping[str, Any], *, truncated: bool = False, think
     parsed = parse_completion(text, thinking=thinking)
     try:
         result = verifier(parsed, spec)
-    except SpecError:
+    except (SpecError, SandboxError):  # a data bug or a sandbox that cannot run: stop, never score 0
         raise
     except Exception as exc:
         logger.exception("verifier %r failed on a completion", spec["type"])

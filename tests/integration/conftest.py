@@ -11,25 +11,23 @@ import pytest
 
 from cascade_rl.loops.rl import run_rl
 from cascade_rl.loops.sft import run_sft
-from cascade_rl.model.load import load
 from tests.integration import _tiny
 
 
 @pytest.fixture(scope="session")
 def instruct_sft(tmp_path_factory) -> _tiny.TrainedModel:
     """SFT from the seeded random init (the BPE is trained on the procedural domains, ~4 s)."""
-    model, tokenizer = load("tiny:qwen3", vocab_size=_tiny.VOCAB_SIZE, seed=_tiny.MODEL_SEED, **_tiny.TINY)
+    backend = _tiny.backend()
     run_dir = tmp_path_factory.mktemp("instruct_sft")
-    folder = run_sft(_tiny.sft_stage(), model, tokenizer, run_dir)
-    score = _tiny.held_out(_tiny.load_model(folder), tokenizer, run_dir / "held_out.jsonl")
-    return _tiny.TrainedModel(folder, run_dir, score, tokenizer)
+    folder = run_sft(_tiny.sft_stage(), backend, _tiny.START, run_dir)
+    score = _tiny.held_out(folder, run_dir / "held_out.jsonl")
+    return _tiny.TrainedModel(folder, run_dir, score, backend.tokenizer(folder))
 
 
 @pytest.fixture(scope="session")
 def instruct_grpo(instruct_sft, tmp_path_factory) -> _tiny.TrainedModel:
-    """GRPO from the SFT model (a fresh copy: the SFT folder stays the MOPD student)."""
-    tokenizer = instruct_sft.tokenizer
+    """GRPO from the SFT model (the SFT folder stays as it is: it is also the MOPD student)."""
     run_dir = tmp_path_factory.mktemp("instruct_grpo")
-    folder = run_rl(_tiny.grpo_stage(), _tiny.load_model(instruct_sft.folder), tokenizer, run_dir)
-    score = _tiny.held_out(_tiny.load_model(folder), tokenizer, run_dir / "held_out.jsonl")
-    return _tiny.TrainedModel(folder, run_dir, score, tokenizer)
+    folder = run_rl(_tiny.grpo_stage(), _tiny.backend(), instruct_sft.folder, run_dir)
+    score = _tiny.held_out(folder, run_dir / "held_out.jsonl")
+    return _tiny.TrainedModel(folder, run_dir, score, instruct_sft.tokenizer)

@@ -128,11 +128,13 @@ def test_killed_pipeline_resumes_to_the_same_ledger(tmp_path):
     assert [r["stage"] for r in a["rows"]] == ["base", "sft", "mcqa_rl", "mopd"]
     assert a == b
 
-    # MOPD teachers were read from the ledger: per domain, the best checkpoint before the MOPD stage.
+    # MOPD teachers were read from the ledger: per domain, the checkpoint before the MOPD stage with the best
+    # validation score (never the reported test score), the base model excluded
     teachers = json.loads((tmp_path / "straight" / "teachers.json").read_text())["mopd"]["domains"]
-    rows = a["rows"][:3]
+    rows = a["rows"][1:3]
+    assert all(r["validation"].keys() == r["scores"].keys() for r in a["rows"])
     for domain in ("math", "mcqa"):
-        best = max(rows, key=lambda r: (r["scores"][f"{domain}:direct"], -rows.index(r)))
+        best = max(rows, key=lambda r: (r["validation"][f"{domain}:direct"], -rows.index(r)))
         assert Path(teachers[domain]).relative_to(tmp_path / "straight").as_posix() == best["checkpoint"]
     for plot in ("ledger.png", "reward_curves.png"):
         assert (tmp_path / "straight" / "plots" / plot).stat().st_size > 1000

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +23,12 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from cascade_rl.algo.losses import nll_loss
-from cascade_rl.config import SFTStage, load_config
+from cascade_rl.config import EngineConfig, ModelConfig, SFTStage, load_config
 from cascade_rl.data.sources import DataSourceError
 from cascade_rl.data.tasks import make_split
+from cascade_rl.engines.backend import LocalBackend
 from cascade_rl.engines.base import TrainBatch, TrainSequence
-from cascade_rl.engines.local import LocalPolicy, LocalScorer, supports_packing
+from cascade_rl.engines.local import LocalPolicy, LocalScorer, OptimSettings, supports_packing
 from cascade_rl.engines.microbatch import MicroBatch, make_microbatches
 from cascade_rl.loops.sft import build_samples, run_sft
 from cascade_rl.model.tiny import tiny_config
@@ -37,8 +37,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 TINY: dict[str, dict[str, Any]] = {
     "qwen3": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16),
+    # the router's load-balancing loss is a product of batch means, not a sum over samples: off here, where
+    # the tests check that layouts and micro-batch splits leave the (additive) SFT loss unchanged
     "qwen3_moe": dict(
-        hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2, head_dim=16
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=2,
+        head_dim=16,
+        router_aux_loss_coef=0.0,
     ),
     # every layer kind of the family (Mamba2, MoE, attention) once or twice; chunk_size 32 so the
     # longer samples below span several SSM chunks
@@ -85,7 +92,7 @@ def token_mean_loss(scorer: LocalScorer, seqs: list[TrainSequence], num_tokens: 
     total = 0.0
     with torch.no_grad():
         for mb in scorer.microbatches(seqs):
-            logprobs_SL, _ = scorer.forward_SL(mb)
+            logprobs_SL, _, _ = scorer.forward_SL(mb, 1.0)
             mask_SL = torch.zeros_like(logprobs_SL)
             for s, i in enumerate(mb.indices):
                 mask_SL[s, 1 : len(seqs[i].tokens)] = torch.tensor(seqs[i].mask[1:], dtype=torch.float32)
@@ -103,7 +110,7 @@ def leak_diffs(
     """Max |log-prob difference| to the one-by-one results on supervised tokens, for the first sample
     of the row and for the samples after it (only those can see other samples)."""
     with torch.no_grad():
-        logprobs_SL, _ = scorer.forward_SL(mb)
+        logprobs_SL, _, _ = scorer.forward_SL(mb, 1.0)
     rows = {
         i: [lp * m for lp, m in zip(logprobs_SL[s, : len(seqs[i].tokens)].tolist(), seqs[i].mask, strict=True)]
         for s, i in enumerate(mb.indices)
@@ -115,16 +122,12 @@ def leak_diffs(
     )
 
 
-def _nll(logprobs_SL: torch.Tensor, tensors: dict[str, torch.Tensor], *, num_tokens: float) -> tuple:
-    return nll_loss(logprobs_SL, tensors["mask"], num_tokens)
-
-
 def gradients(policy: LocalPolicy, batches: list[list[TrainSequence]], num_tokens: float) -> dict[str, torch.Tensor]:
     """Gradients accumulated over ``batches`` (one forward_backward each) with one global normaliser."""
     policy.optimizer.zero_grad(set_to_none=True)
     for seqs in batches:
         batch = TrainBatch(seqs, num_tokens=num_tokens, num_sequences=len(seqs))
-        policy.forward_backward(batch, partial(_nll, num_tokens=num_tokens))
+        policy.forward_backward(batch, "nll")
     grads = {n: p.grad.detach().clone() for n, p in policy.model.named_parameters() if p.grad is not None}
     policy.optimizer.zero_grad(set_to_none=True)
     return grads
@@ -198,7 +201,7 @@ def test_padded_rows_equal_samples_one_by_one(family, tokenizer):
 )
 def test_gradients_of_a_batch_equal_sum_over_samples(family, layout, tokenizer):
     model = tiny_model(family, tokenizer)
-    policy = LocalPolicy(model, tokenizer, lr=1e-3, total_steps=1, token_budget=4096, layout=layout)
+    policy = LocalPolicy(model, tokenizer, OptimSettings(lr=1e-3, total_steps=1), token_budget=4096, layout=layout)
     seqs = random_sequences(len(tokenizer), LENGTHS, seed=1)
     assert len(policy.microbatches(seqs)) == 1  # one forward/backward holds every sample
     n = supervised(seqs)
@@ -243,6 +246,16 @@ def math_records(n_problems: int) -> list[dict[str, Any]]:
     ]
 
 
+def start(tokenizer: PreTrainedTokenizerBase, folder: Path, seed: int = 0) -> Path:
+    """A tiny qwen3 saved as the HF folder a stage starts from."""
+    from cascade_rl.model.load import save
+
+    return save(tiny_model("qwen3", tokenizer, seed=seed), tokenizer, folder)
+
+
+BACKEND = LocalBackend(EngineConfig(), ModelConfig())
+
+
 def sft_stage(data_path: Path, **fields: Any) -> SFTStage:
     stage: dict[str, Any] = {
         "type": "sft",
@@ -272,7 +285,7 @@ def math_jsonl(tmp_path_factory):
 
 def test_run_sft_on_jsonl_loss_falls(math_jsonl, tokenizer, tmp_path):
     stage = sft_stage(math_jsonl, max_steps=16, save_every=100)
-    out = run_sft(stage, tiny_model("qwen3", tokenizer), tokenizer, tmp_path / "run")
+    out = run_sft(stage, BACKEND, start(tokenizer, tmp_path / "init"), tmp_path / "run")
     assert (out / "config.json").is_file() and out == tmp_path / "run" / "model"
     rows = metrics_by_step(tmp_path / "run")
     assert sorted(rows) == list(range(1, 17))
@@ -307,14 +320,14 @@ class StallAfter(MetricsLogger):
 tokenizer = prepare_tokenizer(train_tokenizer(small_corpus(), vocab_size=600))
 stage = t.sft_stage(Path({data!r}), max_steps={steps}, save_every={save_every})
 run_dir = Path({run_dir!r})
-t.run_sft(stage, t.tiny_model("qwen3", tokenizer), tokenizer, run_dir, logger=StallAfter(run_dir))
+t.run_sft(stage, t.BACKEND, t.start(tokenizer, Path({init!r})), run_dir, logger=StallAfter(run_dir))
 """
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(math_jsonl, tokenizer, tmp_path):
     steps, save_every, stall = 8, 4, 6
     stage = sft_stage(math_jsonl, max_steps=steps, save_every=save_every)
-    out_a = run_sft(stage, tiny_model("qwen3", tokenizer), tokenizer, tmp_path / "a")
+    out_a = run_sft(stage, BACKEND, start(tokenizer, tmp_path / "init_a"), tmp_path / "a")
 
     run_b, marker = tmp_path / "b", tmp_path / "stalled"
     code = CHILD.format(
@@ -326,6 +339,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(math_jsonl, tokenizer, t
         steps=steps,
         save_every=save_every,
         run_dir=str(run_b),
+        init=str(tmp_path / "init_b"),
     )
     child = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -348,7 +362,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(math_jsonl, tokenizer, t
     assert killed_steps == list(range(1, stall + 1))
 
     # another init on purpose: every weight must come from the checkpoint
-    out_b = run_sft(stage, tiny_model("qwen3", tokenizer, seed=123), tokenizer, run_b)
+    out_b = run_sft(stage, BACKEND, start(tokenizer, tmp_path / "init_other", seed=123), run_b)
     logged_steps = [json.loads(line)["step"] for line in (run_b / "metrics.jsonl").read_text().splitlines()]
     assert logged_steps == [*range(1, stall + 1), *range(save_every + 1, steps + 1)]  # resumed at step 5, not 1 or 7
 
@@ -372,7 +386,7 @@ def test_bad_jsonl_line_is_named_or_skipped(tokenizer, tmp_path, capsys):
     path = write_jsonl(tmp_path / "bad.jsonl", math_records(20), bad)
 
     with pytest.raises(DataSourceError, match=f"^{re.escape(str(path))}:7: invalid JSON"):
-        run_sft(sft_stage(path, max_steps=2), tiny_model("qwen3", tokenizer), tokenizer, tmp_path / "raise")
+        run_sft(sft_stage(path, max_steps=2), BACKEND, start(tokenizer, tmp_path / "init"), tmp_path / "raise")
     assert not (tmp_path / "raise" / "metrics.jsonl").exists()
 
     stage = sft_stage(path, max_steps=2, data=[{"path": str(path), "on_error": "skip"}])
@@ -384,7 +398,7 @@ def test_bad_jsonl_line_is_named_or_skipped(tokenizer, tmp_path, capsys):
     assert f"skipped in bad.jsonl: {path}:12: message 0: unknown role 'bot'" in report
 
     capsys.readouterr()
-    run_sft(stage, tiny_model("qwen3", tokenizer), tokenizer, tmp_path / "skip")
+    run_sft(stage, BACKEND, tmp_path / "init", tmp_path / "skip")
     printed = [line.split() for line in capsys.readouterr().out.splitlines()]
     assert ["bad.jsonl", "42", "40", "2", "0", "0"] in printed  # the run reports what it skipped
     rows = metrics_by_step(tmp_path / "skip")
@@ -395,5 +409,5 @@ def test_skip_reason_with_brackets_does_not_crash_the_run(tokenizer, tmp_path):
     bad = {3: '{"messages": [{"role": "[/b]", "content": "x"}]}'}
     path = write_jsonl(tmp_path / "brackets.jsonl", math_records(5), bad)
     stage = sft_stage(path, max_steps=1, data=[{"path": str(path), "on_error": "skip"}])
-    run_sft(stage, tiny_model("qwen3", tokenizer), tokenizer, tmp_path / "run")
+    run_sft(stage, BACKEND, start(tokenizer, tmp_path / "init"), tmp_path / "run")
     assert sorted(metrics_by_step(tmp_path / "run")) == [1]

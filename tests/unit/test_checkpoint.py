@@ -21,10 +21,12 @@ from cascade_rl.checkpoint import (
     capture_rng_state,
     latest_checkpoint,
     list_checkpoints,
-    load_trainer_state,
     prune_checkpoints,
+    read_checkpoint_state,
+    read_trainer_state,
     restore_rng_state,
     save_checkpoint,
+    write_trainer_state,
 )
 
 
@@ -32,16 +34,19 @@ def draws() -> tuple:
     return random.random(), float(np.random.rand()), np.random.randn(), torch.rand(3).tolist()
 
 
-def write_weights(model: torch.nn.Module):
+def training_state(model: torch.nn.Module, optimizer=None, scheduler=None):
+    """A ``write_state`` as a policy's ``save_state`` writes it: trainer state first (RNG), then the weights."""
+
     def write(path: Path) -> None:
-        path.mkdir()
-        torch.save(model.state_dict(), path / "weights.pt")
+        write_trainer_state(path, optimizer, scheduler)
+        (path / "model").mkdir()
+        torch.save(model.state_dict(), path / "model" / "weights.pt")
 
     return write
 
 
 def no_model(path: Path) -> None:
-    path.mkdir()
+    write_trainer_state(path, None, None)
 
 
 # --------------------------------------------------------------------------- atomic_directory
@@ -82,19 +87,18 @@ def test_atomic_directory_replaces_old_version_and_keeps_it_on_failure(tmp_path)
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX SIGKILL")
 def test_kill_9_mid_save_leaves_previous_checkpoint_as_latest(tmp_path):
-    good = save_checkpoint(tmp_path, 1, write_model=no_model, optimizer=None, scheduler=None, state={})
+    good = save_checkpoint(tmp_path, 1, write_state=no_model, state={})
     script = textwrap.dedent(
         f"""
         import sys, time
         from cascade_rl.checkpoint import save_checkpoint
 
         def slow_model(path):
-            path.mkdir()
             (path / "model.safetensors").write_bytes(b"half")
             print("writing", flush=True)
             time.sleep(60)
 
-        save_checkpoint({str(tmp_path)!r}, 2, write_model=slow_model, optimizer=None, scheduler=None, state={{}})
+        save_checkpoint({str(tmp_path)!r}, 2, write_state=slow_model, state={{}})
         """
     )
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
@@ -126,10 +130,10 @@ def test_rng_streams_continue_identically_after_restore():
 
 def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
     torch.manual_seed(0)
-    ckpt = save_checkpoint(tmp_path, 1, write_model=no_model, optimizer=None, scheduler=None, state={})
+    ckpt = save_checkpoint(tmp_path, 1, write_state=no_model, state={})
     expected = draws()
     draws()
-    load_trainer_state(ckpt, None, None)
+    read_trainer_state(ckpt, None, None)
     assert draws() == expected
 
 
@@ -164,13 +168,11 @@ def train_steps(model, optimizer, scheduler, steps: int) -> list[float]:
 def test_save_load_restores_optimizer_moments_exactly(tmp_path):
     model, optimizer, scheduler = make_training(0)
     train_steps(model, optimizer, scheduler, 3)
-    ckpt = save_checkpoint(
-        tmp_path, 3, write_model=write_weights(model), optimizer=optimizer, scheduler=scheduler, state={"pos": 48}
-    )
+    ckpt = save_checkpoint(tmp_path, 3, write_state=training_state(model, optimizer, scheduler), state={"pos": 48})
     assert sorted(p.name for p in ckpt.iterdir()) == ["model", "state.json", "trainer_state.pt"]
     _, fresh_optimizer, fresh_scheduler = make_training(1)
-    state = load_trainer_state(ckpt, fresh_optimizer, fresh_scheduler)
-    assert state == {"pos": 48, "step": 3}
+    read_trainer_state(ckpt, fresh_optimizer, fresh_scheduler)
+    assert read_checkpoint_state(ckpt) == {"pos": 48, "step": 3}
     saved = optimizer.state_dict()["state"]
     loaded = fresh_optimizer.state_dict()["state"]
     assert saved.keys() == loaded.keys()
@@ -194,15 +196,14 @@ def test_resumed_training_matches_uninterrupted_run_bit_for_bit(tmp_path):
     ckpt = save_checkpoint(
         tmp_path,
         5,
-        write_model=write_weights(model),
-        optimizer=optimizer,
-        scheduler=scheduler,
+        write_state=training_state(model, optimizer, scheduler),
         state={"losses": first, "data_position": 5 * 16},
     )
     del model, optimizer, scheduler
     model, optimizer, scheduler = make_training(123)  # different init and RNG position
     model.load_state_dict(torch.load(ckpt / "model" / "weights.pt", weights_only=True))
-    state = load_trainer_state(ckpt, optimizer, scheduler)
+    read_trainer_state(ckpt, optimizer, scheduler)
+    state = read_checkpoint_state(ckpt)
     resumed = state["losses"] + train_steps(model, optimizer, scheduler, 10 - state["step"])
     assert resumed == straight  # exact float equality, not approx
 
@@ -211,32 +212,30 @@ def test_state_json_is_plain_json_and_validated(tmp_path):
     ckpt = save_checkpoint(
         tmp_path,
         2,
-        write_model=no_model,
-        optimizer=None,
-        scheduler=None,
+        write_state=no_model,
         state={"loss": torch.tensor(0.5), "tokens": np.int64(9), "nested": {"a": [1, 2]}},
     )
-    assert json.loads((ckpt / "state.json").read_text()) == {"loss": 0.5, "tokens": 9, "nested": {"a": [1, 2]}}
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state == {"loss": 0.5, "tokens": 9, "nested": {"a": [1, 2]}, "step": 2}
     with pytest.raises(TypeError, match="JSON-serialisable"):
-        save_checkpoint(tmp_path, 3, write_model=no_model, optimizer=None, scheduler=None, state={"x": object()})
+        save_checkpoint(tmp_path, 3, write_state=no_model, state={"x": object()})
     with pytest.raises(ValueError, match="'step' is reserved"):
-        save_checkpoint(tmp_path, 4, write_model=no_model, optimizer=None, scheduler=None, state={"step": 1})
+        save_checkpoint(tmp_path, 4, write_state=no_model, state={"step": 1})
     assert latest_checkpoint(tmp_path) == ckpt  # the failed saves left nothing behind
     _, optimizer, _ = make_training(0)
     with pytest.raises(ValueError, match="saved without one"):
-        load_trainer_state(ckpt, optimizer, None)
+        read_trainer_state(ckpt, optimizer, None)
 
 
 def test_failing_model_writer_leaves_previous_checkpoint_latest(tmp_path):
-    good = save_checkpoint(tmp_path, 1, write_model=no_model, optimizer=None, scheduler=None, state={})
+    good = save_checkpoint(tmp_path, 1, write_state=no_model, state={})
 
     def crash(path: Path) -> None:
-        path.mkdir()
         (path / "model.safetensors").write_bytes(b"partial")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint(tmp_path, 2, write_model=crash, optimizer=None, scheduler=None, state={})
+        save_checkpoint(tmp_path, 2, write_state=crash, state={})
     assert latest_checkpoint(tmp_path) == good
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step_00000001"]
 
@@ -247,10 +246,10 @@ def test_failing_model_writer_leaves_previous_checkpoint_latest(tmp_path):
 def test_latest_checkpoint_picks_highest_complete_step(tmp_path):
     assert latest_checkpoint(tmp_path) is None
     for step in (5, 20, 100):
-        save_checkpoint(tmp_path, step, write_model=no_model, optimizer=None, scheduler=None, state={})
+        save_checkpoint(tmp_path, step, write_state=no_model, state={})
     root = tmp_path / "checkpoints"
     (root / ".step_00000300.tmp-abc").mkdir()  # an interrupted save
-    (root / "step_00000200").mkdir()  # a directory copied by hand, without trainer state
+    (root / "step_00000200").mkdir()  # a directory copied by hand, without state.json
     (root / "notes").mkdir()
     assert latest_checkpoint(tmp_path) == root / "step_00000100"
     assert [step for step, _ in list_checkpoints(tmp_path)] == [5, 20, 100]
@@ -258,7 +257,7 @@ def test_latest_checkpoint_picks_highest_complete_step(tmp_path):
 
 def test_prune_keeps_last_n_and_clears_leftovers(tmp_path):
     for step in range(1, 6):
-        save_checkpoint(tmp_path, step, write_model=no_model, optimizer=None, scheduler=None, state={})
+        save_checkpoint(tmp_path, step, write_state=no_model, state={})
     root = tmp_path / "checkpoints"
     (root / ".step_00000009.tmp-xyz").mkdir()
     removed = prune_checkpoints(tmp_path, keep_last=2)

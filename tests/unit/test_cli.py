@@ -66,7 +66,7 @@ def test_single_stage_commands_refuse_to_overwrite_without_resume(tmp_path):
     result = runner.invoke(app, ["sft", str(recipe)])
     assert result.exit_code == 2 and "pass --resume" in result.output
     result = runner.invoke(app, ["rl", str(recipe), "--stage", "nope"])
-    assert result.exit_code == 2 and "expected exactly one rl stage" in result.output
+    assert result.exit_code == 2 and "expected exactly one rl or mopd stage" in result.output
 
 
 def test_chat_shows_reasoning_answer_and_flags(tmp_path, tokenizer):
@@ -91,3 +91,95 @@ def test_chat_shows_reasoning_answer_and_flags(tmp_path, tokenizer):
     # an untrained model rambles: the answer line is shown and the cut-off is flagged, never a crash
     assert "answer:" in result.output
     assert "truncated=True" in result.output
+
+
+def _tiny_folder(tmp_path, tokenizer, name: str = "m", seed: int = 0):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cascade_rl.model import save
+    from cascade_rl.model.tiny import tiny_config
+
+    config = tiny_config(
+        "qwen3",
+        tokenizer,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+    )
+    torch.manual_seed(seed)
+    return save(AutoModelForCausalLM.from_config(config), tokenizer, tmp_path / name)
+
+
+def test_eval_takes_jsonl_prompt_files_with_specs(tmp_path, tokenizer):
+    import json
+
+    folder = _tiny_folder(tmp_path, tokenizer)
+    prompts = tmp_path / "mine.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": "2 + 3?"}], "spec": {"type": "math", "answer": "5"}},
+        {"messages": [{"role": "user", "content": "A?"}], "spec": {"type": "mcqa", "answer": "A"}, "domain": "quiz"},
+    ]
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["eval", str(folder), "--prompts", str(prompts), "--samples", "2", "--max-new-tokens", "4"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "samples.jsonl")])
+    assert result.exit_code == 0, result.output
+    # one line per domain the records resolve to: the file stem, and a record's own domain
+    assert [line.split()[0] for line in result.output.splitlines() if "avg@2" in line] == ["mine:direct", "quiz:direct"]
+    assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 4
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": []}\n')
+    result = runner.invoke(app, ["eval", str(folder), "--prompts", str(bad)])
+    assert result.exit_code == 2 and f"{bad}:1: " in result.output
+
+
+def test_rl_runs_a_mopd_stage_with_explicit_teachers(tmp_path, tokenizer):
+    student = _tiny_folder(tmp_path, tokenizer, "student")
+    teacher = _tiny_folder(tmp_path, tokenizer, "teacher", seed=1)
+    stage = {
+        "type": "mopd",
+        "prompts": [{"task": "math", "n": 8}, {"task": "mcqa", "n": 8}],
+        "steps": 1,
+        "prompts_per_step": 2,
+        "group_size": 2,
+        "max_new_tokens": 4,
+    }
+    recipe = tmp_path / "r.yaml"
+    base = {"output_dir": str(tmp_path / "out"), "model": {"spec": str(student)}}
+    recipe.write_text(yaml.safe_dump({**base, "stages": [{**stage, "teachers": {"math": str(teacher)}}]}))
+    result = runner.invoke(app, ["rl", str(recipe)])
+    assert result.exit_code == 2 and "MOPD domain 'mcqa' has no teacher" in result.output  # caught in preflight
+    recipe.write_text(yaml.safe_dump({**base, "stages": [{**stage, "default_teacher": str(teacher)}]}))
+    result = runner.invoke(app, ["rl", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "mopd" / "model" / "config.json").is_file()
+
+
+def test_shipped_recipes_resolve_by_name_and_ship_in_the_wheel(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    from cascade_rl.cli import RECIPES, recipe_path
+
+    assert recipe_path(Path("tiny-cascade")) == RECIPES / "tiny-cascade.yaml"
+    assert recipe_path(Path("smollm2-cascade.yaml")) == RECIPES / "smollm2-cascade.yaml"
+    result = runner.invoke(app, ["run", "no-such-recipe"])
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert result.exit_code == 2 and "shipped recipes: nemotron-cascade-2, smollm2-cascade, tiny-cascade" in said
+    repo, source = Path(__file__).resolve().parents[2], tmp_path / "source"  # a copy: builds leave build/ behind
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, source / name)
+    shutil.copytree(repo / "cascade_rl", source / "cascade_rl", ignore=shutil.ignore_patterns("__pycache__"))
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    subprocess.run([*build, str(source)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("cascade_rl-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {f"cascade_rl/recipes/{n}.yaml" for n in ("tiny-cascade", "smollm2-cascade")} <= set(names)
+    assert "cascade_rl/chat/cascade2.jinja" in names

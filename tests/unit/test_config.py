@@ -161,8 +161,56 @@ def test_stage_type_selects_the_model():
     assert type(rl) is RLStage and (rl.name, rl.advantage, rl.group_size) == ("rl", "grpo", 8)
     assert rl.optim == OptimConfig(lr=3e-6, betas=(0.9, 0.999), weight_decay=0.0)
     assert type(mopd) is MOPDStage
-    assert (mopd.name, mopd.advantage, mopd.group_size, mopd.dynamic_filtering) == ("mopd", "mopd", 4, False)
+    assert (mopd.name, mopd.group_size, mopd.dynamic_filtering) == ("mopd", 4, False)
+    assert mopd.optim == OptimConfig(lr=2e-6, warmup_steps=30, warmup_start_lr=2e-7, betas=(0.9, 0.999), weight_decay=0)
     assert mopd.teachers == {"mcqa": "runs/x"}
+
+
+def test_a_partial_optim_block_takes_its_own_stage_types_defaults():
+    """``optim: {lr: 3.0e-6}`` in an RL stage: RL betas and weight decay, not the SFT ones."""
+    tree = {
+        "stages": [
+            {"type": "sft", "data": [{"task": "math"}], "optim": {"lr": 1e-4}},
+            {"type": "rl", "prompts": [{"task": "math"}], "optim": {"lr": 3e-6}},
+            {"type": "mopd", "prompts": [{"task": "math"}], "optim": {"lr": 1e-6, "grad_clip": 0.5}},
+        ]
+    }
+    sft, rl, mopd = load_config(tree).stages
+    assert (sft.optim.lr, sft.optim.betas, sft.optim.weight_decay) == (1e-4, (0.9, 0.98), 0.1)
+    assert (rl.optim.lr, rl.optim.betas, rl.optim.weight_decay) == (3e-6, (0.9, 0.999), 0.0)
+    assert (mopd.optim.lr, mopd.optim.warmup_steps, mopd.optim.warmup_start_lr, mopd.optim.grad_clip) == (
+        1e-6,
+        30,
+        2e-7,
+        0.5,
+    )
+    # the same through Python: only the fields set on the OptimConfig override the stage's defaults
+    assert RLStage(prompts=[{"task": "math"}], optim=OptimConfig(lr=1e-5)).optim.betas == (0.9, 0.999)
+    assert error_lines({"stages": [{"type": "rl", "prompts": [{"task": "m"}], "optim": {"lr": -1}}]}) == [
+        "recipe: stages.0.optim.lr: Input should be greater than 0"
+    ]
+
+
+def test_stage_type_fixes_the_objective_family():
+    assert error_lines({"stages": [{"type": "rl", "prompts": [{"task": "math"}], "advantage": "mopd"}]}) == [
+        "recipe: stages.0.advantage: Value error, unknown objective 'mopd' for an rl stage (distillation is a "
+        "stage of type mopd); expected one of grpo, grpo_clip, grpo_no_std, tis"
+    ]
+    assert error_lines({"stages": [{"type": "mopd", "prompts": [{"task": "math"}], "advantage": "grpo"}]}) == [
+        "recipe: stages.0.advantage: Extra inputs are not permitted"
+    ]
+    for name in ("grpo_clip", "tis", "grpo_no_std"):
+        assert load_config({"stages": [{"type": "rl", "prompts": [{"task": "m"}], "advantage": name}]})
+
+
+def test_rl_stages_refuse_truncated_sampling():
+    """top_p / top_k would make pi_train / pi_inf sit at the kept mass: refused with the reason."""
+    for field, value in (("top_p", 0.95), ("top_k", 40)):
+        (line,) = error_lines({"stages": [{"type": "rl", "prompts": [{"task": "math"}], field: value}]})
+        assert line.startswith(
+            f"recipe: stages.0.{field}: Value error, RL stages sample the full tempered distribution"
+        )
+    assert load_config({"stages": [{"type": "rl", "prompts": [{"task": "m"}], "top_p": 1.0, "top_k": 0}]})
 
 
 def test_unknown_or_missing_stage_type():

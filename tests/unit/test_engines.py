@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from cascade_rl.chat import encode_prompt
-from cascade_rl.engines.base import SamplingParams, TrainSequence
-from cascade_rl.engines.local import LocalGenerator, LocalPolicy, LocalScorer, choose_layout, sample_next
+from cascade_rl.engines.base import SamplingParams, TrainBatch, TrainSequence
+from cascade_rl.engines.local import (
+    LocalGenerator,
+    LocalPolicy,
+    LocalScorer,
+    OptimSettings,
+    choose_layout,
+    sample_next,
+)
 from cascade_rl.engines.sampling import inverse_cdf_sample
 from cascade_rl.model.tiny import build_tiny
 from tests.conftest import TINY_QWEN3 as TINY
@@ -144,12 +151,11 @@ def test_heads_that_transform_logits_are_refused():
     head = model.get_output_embeddings()
     head.bias = torch.nn.Parameter(torch.zeros(head.out_features))
     with pytest.raises(ValueError, match="a bias on the LM head"):
-        LocalPolicy(model, None, lr=1e-3, total_steps=1)
+        LocalPolicy(model, None, OptimSettings(lr=1e-3, total_steps=1))
 
 
-def test_frozen_parameters_are_not_updated(family_model):
-    from cascade_rl.config import OptimConfig
-    from cascade_rl.loops.common import build_policy
+def test_frozen_parameters_are_not_updated(family_model, capsys):
+    from cascade_rl.engines.backend import apply_freeze
 
     family, model, tok = family_model
     if family != "qwen3":
@@ -160,21 +166,27 @@ def test_frozen_parameters_are_not_updated(family_model):
     frozen = next(n for n, _ in model.named_parameters() if n.endswith("q_proj.weight"))
     trained = frozen.replace("q_proj", "k_proj")
     before = {n: p.detach().clone() for n, p in model.named_parameters() if n in (frozen, trained)}
-    policy: LocalPolicy = build_policy(model, tok, OptimConfig(lr=1e-2, freeze=[r"q_proj\.weight$"]), 1, 512)
+    assert apply_freeze(model, [r"q_proj\.weight$"]) == 2  # one q_proj per layer
+    assert "frozen: 2/" in capsys.readouterr().out  # the count is logged
+    policy = LocalPolicy(model, tok, OptimSettings(lr=1e-2, total_steps=1), token_budget=512)
     seq = TrainSequence(list(range(10, 30)), [0] * 5 + [1] * 15)
-    from cascade_rl.engines.base import TrainBatch
-
-    policy.forward_backward(TrainBatch([seq], 15.0, 1.0), lambda lp, t: ((-(lp * t["mask"]).sum() / 15.0), {}))
+    policy.forward_backward(TrainBatch([seq], 15.0, 1.0), "nll")
     policy.optim_step()
     params = dict(model.named_parameters())
     assert torch.equal(params[frozen], before[frozen])
     assert not torch.equal(params[trained], before[trained])
 
 
+def test_a_freeze_pattern_that_matches_nothing_is_an_error(family_model):
+    from cascade_rl.engines.backend import apply_freeze
+
+    _, model, _ = family_model
+    with pytest.raises(ValueError, match=r"optim.freeze: 'lm_head_typo' matched no parameter of"):
+        apply_freeze(model, ["weight", "lm_head_typo"])
+
+
 def test_kl_reference_scores_at_the_sampling_temperature(family_model):
     """Before any update the reference equals the policy: at T != 1 their log-probs (and the KL) match."""
-    from cascade_rl.loops.rl import _frozen_copy
-
     _, model, tok = family_model
     params = SamplingParams(n=2, max_new_tokens=6, temperature=0.7, stop_token_ids=(tok.eos_token_id,), seed=3)
     prompts = _prompts(tok)[1:3]
@@ -183,14 +195,25 @@ def test_kl_reference_scores_at_the_sampling_temperature(family_model):
         for p, group in zip(prompts, LocalGenerator(model).generate(prompts, params), strict=True)
         for c in group
     ]
-    policy = LocalScorer(model)
-    policy.temperature = 0.7
-    reference = _frozen_copy(model, 0.7)
-    assert reference.temperature == 0.7
-    assert _max_diff(policy.logprobs(seqs), reference.logprobs(seqs)) < 1e-6
+    scorer = LocalScorer(model)
+    expected = [list(c.logprobs) for g in LocalGenerator(model).generate(prompts, params) for c in g]
+    scored = [lp[len(s.tokens) - len(e) :] for s, lp, e in zip(seqs, scorer.logprobs(seqs, 0.7), expected, strict=True)]
+    assert _max_diff(scored, expected) < 1e-5  # temperature is a call argument, and it is the sampler's
     # the mismatch a reference scoring at T=1 would have put into the KL
-    assert _max_diff(policy.logprobs(seqs), LocalScorer(model).logprobs(seqs)) > 1e-3
+    assert _max_diff(scorer.logprobs(seqs, 0.7), scorer.logprobs(seqs, 1.0)) > 1e-3
 
 
 def _max_diff(a: list[list[float]], b: list[list[float]]) -> float:
     return max(abs(x - y) for row_a, row_b in zip(a, b, strict=True) for x, y in zip(row_a, row_b, strict=True))
+
+
+def test_generator_stamps_the_synced_policy_version(family_model):
+    family, model, tok = family_model
+    if family != "qwen3":
+        pytest.skip("one family is enough")
+    policy = LocalPolicy(model, tok, OptimSettings(lr=1e-3, total_steps=1))
+    generator = LocalGenerator(model)
+    params = SamplingParams(n=2, max_new_tokens=3, seed=0)
+    assert {c.policy_version for g in generator.generate(_prompts(tok)[:1], params) for c in g} == {0}
+    generator.sync(policy, 7)
+    assert {c.policy_version for g in generator.generate(_prompts(tok)[:1], params) for c in g} == {7}

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from cascade_rl.eval.ledger import Ledger, LedgerRow, choose_teachers
+from cascade_rl.eval.ledger import Ledger, LedgerRow, best_overall, choose_teachers
 from cascade_rl.eval.runner import pass_at_k
 
 
 def _ledger() -> Ledger:
     ledger = Ledger()
-    ledger.add(LedgerRow("base", "ckpt/base", {"a:direct": 0.0, "b:direct": 0.0}))
-    ledger.add(LedgerRow("sft", "ckpt/sft", {"a:direct": 0.30, "b:direct": 0.78}))
-    ledger.add(LedgerRow("rl_a", "ckpt/rl_a", {"a:direct": 0.47, "b:direct": 0.776}))
-    ledger.add(LedgerRow("rl_b", "ckpt/rl_b", {"a:direct": 0.10, "b:direct": 0.85}))
+    # validation scores (what teachers are chosen on) disagree with the reported test scores on purpose
+    ledger.add(LedgerRow("base", "ckpt/base", {"a:direct": 0.0, "b:direct": 0.0}, validation={"b:direct": 0.99}))
+    ledger.add(LedgerRow("sft", "ckpt/sft", {"a:direct": 0.30, "b:direct": 0.78}, validation={"a:direct": 0.50}))
+    ledger.add(LedgerRow("rl_a", "ckpt/rl_a", {"a:direct": 0.47, "b:direct": 0.776}, validation={"a:direct": 0.45}))
+    ledger.add(LedgerRow("rl_b", "ckpt/rl_b", {"a:direct": 0.10, "b:direct": 0.85}, validation={"b:direct": 0.80}))
     return ledger
 
 
@@ -30,12 +31,18 @@ def test_forgetting_beyond_tolerance_only():
     assert drops[0][3] == pytest.approx(0.37)
 
 
-def test_teachers_from_ledger_and_explicit_override():
+def test_teachers_are_chosen_on_validation_not_on_the_reported_scores():
     ledger = _ledger()
-    assert choose_teachers(ledger, ["a", "b"], thinking=False) == {"a": "ckpt/rl_a", "b": "ckpt/rl_b"}
+    # test scores would pick rl_a for a; the validation split picks sft; the base model (validation 0.99 on
+    # b) is no candidate unless the recipe allows it
+    assert choose_teachers(ledger, ["a", "b"], thinking=False) == {"a": "ckpt/sft", "b": "ckpt/rl_b"}
+    assert choose_teachers(ledger, ["b"], False, include_base=True) == {"b": "ckpt/base"}
     assert choose_teachers(ledger, ["a", "b"], False, {"a": "/my/teacher"}) == {"a": "/my/teacher", "b": "ckpt/rl_b"}
-    with pytest.raises(KeyError, match="no ledger score for domain 'c'"):
+    with pytest.raises(KeyError, match="no validation score for domain 'c'"):
         choose_teachers(ledger, ["c"], thinking=False)
+    assert choose_teachers(ledger, ["a", "c"], False, fallback=True) == {"a": "ckpt/sft"}  # c: default teacher
+    assert best_overall(ledger).stage == "rl_b"  # mean validation 0.80 beats sft's 0.50 and rl_a's 0.45
+    assert best_overall(ledger, include_base=True).stage == "base"
 
 
 def test_markdown_marks_best_and_forgetting():
@@ -89,6 +96,7 @@ def test_forgetting_accounts_for_evaluation_noise(tmp_path):
 def test_domain_score_standard_error_is_over_prompts(monkeypatch):
     from cascade_rl.config import EvalConfig
     from cascade_rl.eval import runner
+    from cascade_rl.loops import rollout
     from cascade_rl.rewards.base import RewardResult
     from cascade_rl.types import Completion, Prompt
 
@@ -96,9 +104,6 @@ def test_domain_score_standard_error_is_over_prompts(monkeypatch):
     verdicts = {0: [1, 1, 1, 1], 1: [0, 0, 0, 0], 2: [1, 0, 1, 0]}
 
     class Generator:
-        def __init__(self, *args, **kwargs) -> None:
-            pass
-
         def generate(self, prompts, params):
             return [[Completion((p[0],), (0.0,), "stop") for _ in range(params.n)] for p in prompts]
 
@@ -108,23 +113,47 @@ def test_domain_score_standard_error_is_over_prompts(monkeypatch):
         def decode(self, tokens, **kwargs) -> str:
             return str(tokens[0])
 
-    calls = {i: 0 for i in verdicts}
+    def reward_fn(groups):  # a group-level reward function: one verdict list per prompt
+        return [[RewardResult(float(v)) for v in verdicts[int(g.prompt.uid)]] for g in groups]
 
-    def verify_batch(texts, specs, truncated, **kwargs):
-        out = []
-        for text in texts:
-            i = int(text)
-            out.append(RewardResult(float(verdicts[i][calls[i]])))
-            calls[i] += 1
-        return out
-
-    monkeypatch.setattr(runner, "LocalGenerator", Generator)
-    monkeypatch.setattr(runner, "verify_batch", verify_batch)
-    monkeypatch.setattr(runner, "encode_prompt", lambda tok, messages, tools, **kw: [int(messages[0]["content"])])
+    monkeypatch.setattr(rollout, "encode_prompt", lambda tok, messages, tools, **kw: [int(messages[0]["content"])])
     prompts = [Prompt(({"role": "user", "content": str(i)},), {"type": "math"}, "m", uid=str(i)) for i in verdicts]
     config = EvalConfig(domains=[{"task": "math"}], samples=4, temperature=1.0)
-    score = runner.evaluate_prompts(None, Tokenizer(), prompts, "m", config, False)
-    assert (score.avg, score.prompts, score.samples) == (0.5, 3, 4)
+    (score,) = runner.evaluate_prompts(Generator(), Tokenizer(), prompts, config, False, reward_fn=reward_fn)
+    assert (score.domain, score.avg, score.prompts, score.samples) == ("m", 0.5, 3, 4)
     # sample std of the prompt means (1, 0, 0.5) = 0.5, over sqrt(3) prompts = 0.2887; treating the 12
     # samples as independent would claim sqrt(0.25 / 12) = 0.144
     assert score.stderr == pytest.approx(0.5 / 3**0.5)
+
+
+def test_a_mixed_prompt_file_is_scored_per_record_domain(monkeypatch):
+    """One resolver: a file whose records carry their own domains yields one ledger column per domain."""
+    from cascade_rl.config import EvalConfig
+    from cascade_rl.eval import runner
+    from cascade_rl.loops import rollout
+    from cascade_rl.rewards.base import RewardResult
+    from cascade_rl.types import Completion, Prompt
+
+    class Generator:
+        def generate(self, prompts, params):
+            return [[Completion((p[0],), (0.0,), "stop")] for p in prompts]
+
+    class Tokenizer:
+        eos_token_id = 0
+
+        def decode(self, tokens, **kwargs) -> str:
+            return str(tokens[0])
+
+    monkeypatch.setattr(rollout, "encode_prompt", lambda tok, messages, tools, **kw: [int(messages[0]["content"])])
+    prompts = [
+        Prompt(({"role": "user", "content": str(i)},), {"type": "math"}, d, uid=str(i))
+        for i, d in enumerate(["olympiad", "stem_mix", "olympiad"])
+    ]
+    config = EvalConfig(samples=1, temperature=1.0)
+    scores = runner.evaluate_prompts(
+        Generator(), Tokenizer(), prompts, config, False, reward_fn=lambda gs: [[RewardResult(1.0)] for _ in gs]
+    )
+    assert [(s.domain, s.prompts, s.key) for s in scores] == [
+        ("olympiad", 2, "olympiad:direct"),
+        ("stem_mix", 1, "stem_mix:direct"),
+    ]

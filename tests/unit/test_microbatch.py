@@ -10,15 +10,22 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from cascade_rl.engines.base import TrainBatch, TrainSequence
-from cascade_rl.engines.local import LocalPolicy, LocalScorer, choose_layout
+from cascade_rl.engines.local import LocalPolicy, LocalScorer, OptimSettings, choose_layout
 from cascade_rl.engines.microbatch import MicroBatch, _Row, _worth_extending, attention_pair_cost, make_microbatches
-from cascade_rl.loops.objectives import Rollout
+from cascade_rl.loops.objectives import base_sequence
 from cascade_rl.model.tiny import tiny_config
+from tests._traj import trajectory
 
 TINY = {
     "qwen3": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, head_dim=16),
+    # no load-balancing loss: it counts a shared prefix once per row, padded rows once per sequence
     "qwen3_moe": dict(
-        hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2, head_dim=16
+        hidden_size=64,
+        intermediate_size=128,
+        moe_intermediate_size=32,
+        num_hidden_layers=2,
+        head_dim=16,
+        router_aux_loss_coef=0.0,
     ),
     "nemotron_h": dict(hidden_size=64, head_dim=16, mamba_num_heads=4, mamba_head_dim=16),
 }
@@ -50,6 +57,7 @@ def rollout_like(vocab_size: int, seed: int = 0) -> list[TrainSequence]:
     seqs.insert(3, TrainSequence(rand(9), [0, 0] + [1] * 7))  # an SFT sample: no group
     for i, seq in enumerate(seqs):
         seq.values["advantages"] = [float(i % 3 - 1)] * len(seq.tokens)
+        seq.values["inf_logprobs"] = [-1.0] * len(seq.tokens)
     return seqs
 
 
@@ -61,13 +69,13 @@ def max_diff(a: list[list[float]], b: list[list[float]]) -> float:
     return max(abs(x - y) for ra, rb in zip(a, b, strict=True) for x, y in zip(ra, rb, strict=True))
 
 
-def pg_loss(logprobs_SL: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
-    return -(logprobs_SL * t["advantages"] * t["mask"]).sum() / 50.0, {}
+OPTIM = OptimSettings(lr=1e-3, total_steps=1)
 
 
 def gradients(policy: LocalPolicy, seqs: list[TrainSequence]) -> tuple[dict[str, torch.Tensor], float]:
     policy.optimizer.zero_grad(set_to_none=True)
-    metrics = policy.forward_backward(TrainBatch(seqs, 50.0, len(seqs)), pg_loss, with_entropy=True)
+    # GRPO without IcePop: L = -sum(A * logprob * mask) / 50
+    metrics = policy.forward_backward(TrainBatch(seqs, 50.0, len(seqs)), "grpo", {"icepop": None})
     grads = {n: p.grad.detach().clone() for n, p in policy.model.named_parameters() if p.grad is not None}
     policy.optimizer.zero_grad(set_to_none=True)
     return grads, metrics["entropy_sum"]
@@ -96,9 +104,9 @@ def test_shared_prefix_rows_hold_a_group_each(tokenizer):
 
 
 def test_rollouts_of_a_prompt_share_a_group():
-    rollout = Rollout(3, "math", [1, 2, 3], [4, 5], [-0.1, -0.2], False, 1.0)
-    seq = rollout.sequence(trained=True)
+    seq = base_sequence(trajectory([1, 2, 3], [4, 5], [-0.1, -0.2], reward=1.0), 3, overlong_filtering=True)
     assert seq.group == 3 and seq.tokens == [1, 2, 3, 4, 5] and seq.mask == [0, 0, 0, 1, 1]
+    assert seq.values["inf_logprobs"] == [0.0, 0.0, 0.0, -0.1, -0.2]
 
 
 # --------------------------------------------------------------------------- numbers
@@ -108,8 +116,8 @@ def test_rollouts_of_a_prompt_share_a_group():
 def test_shared_prefix_equals_padded_rows(family, attention, tokenizer):
     model = tiny_model(family, tokenizer, attention)
     seqs = rollout_like(len(tokenizer))
-    shared = LocalPolicy(model, tokenizer, lr=1e-3, total_steps=1, layout="shared_prefix")
-    padded = LocalPolicy(model, tokenizer, lr=1e-3, total_steps=1, layout="padded")
+    shared = LocalPolicy(model, tokenizer, OPTIM, layout="shared_prefix")
+    padded = LocalPolicy(model, tokenizer, OPTIM, layout="padded")
     assert any(mb.attention_mask is not None and mb.attention_mask.ndim == 4 for mb in shared.microbatches(seqs))
 
     alone = [masked(padded, [s])[0] for s in seqs]
@@ -132,10 +140,10 @@ def test_shared_prefix_members_do_not_see_each_other(tokenizer):
     (mb,) = scorer.microbatches(seqs)
     alone = [masked(scorer, [s])[0] for s in seqs]
     with torch.no_grad():
-        ok = scorer.forward_SL(mb)[0]
+        ok = scorer.forward_SL(mb, 1.0)[0]
         # Control: a plain causal mask lets every member attend to the members before it.
         leaky = replace(mb, attention_mask=torch.ones_like(mb.attention_mask).tril())
-        bad = scorer.forward_SL(leaky)[0]
+        bad = scorer.forward_SL(leaky, 1.0)[0]
     rows = lambda t: [t[s, : len(seqs[i].tokens)].tolist() for s, i in enumerate(mb.indices)]  # noqa: E731
     assert max_diff(rows(ok), alone) < 1e-5
     assert max_diff(rows(bad)[:1], alone[:1]) < 1e-5  # the first member has nobody before it
@@ -157,8 +165,8 @@ def test_scored_only_head_equals_full_head(family, layout, tokenizer):
     with torch.no_grad():
         for a, b in zip(only, full, strict=True):
             assert a.indices == b.indices and a.rows_N.numel() < b.rows_N.numel()
-            lp_a, h_a = scorer.forward_SL(a, with_entropy=True)
-            lp_b, h_b = scorer.forward_SL(b, with_entropy=True)
+            lp_a, h_a, _ = scorer.forward_SL(a, 1.0, with_entropy=True)
+            lp_b, h_b, _ = scorer.forward_SL(b, 1.0, with_entropy=True)
             mask = torch.zeros_like(lp_a)
             for s, i in enumerate(a.indices):
                 mask[s, 1 : len(seqs[i].tokens)] = torch.tensor(seqs[i].mask[1:], dtype=torch.float32)
@@ -215,8 +223,8 @@ def test_ungrouped_sequences_keep_the_padded_layout(tokenizer):
 def test_a_batch_with_nothing_scored_skips_the_model(tokenizer):
     model = tiny_model("qwen3", tokenizer)
     seqs = [replace(s, mask=[0] * len(s.tokens)) for s in rollout_like(len(tokenizer))]
-    policy = LocalPolicy(model, tokenizer, lr=1e-3, total_steps=1)
-    metrics = policy.forward_backward(TrainBatch(seqs, 1.0, 1.0), pg_loss, with_entropy=True)
+    policy = LocalPolicy(model, tokenizer, OPTIM)
+    metrics = policy.forward_backward(TrainBatch(seqs, 1.0, 1.0), "grpo", {"icepop": None})
     assert metrics["loss"] == 0.0
     assert all(p.grad is None for p in model.parameters())
     assert all(set(row) == {0.0} for row in policy.logprobs(seqs))

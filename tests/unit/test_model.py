@@ -240,3 +240,19 @@ def test_gguf_weights_left_quantized_are_refused():
     layer.weight = torch.nn.Parameter(torch.zeros_like(layer.weight, dtype=torch.uint8), requires_grad=False)
     with pytest.raises(ModelSpecError, match=r"1 GGUF weights stayed quantized .*layers\.0\.mlp\.up_proj\.weight"):
         _forget_gguf_quantization(model)
+
+
+def test_a_tokenizer_without_a_single_im_end_token_is_refused():
+    """Generation stops on <|im_end|>: split into pieces, it would never stop a rollout."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from cascade_rl.model.load import ModelSpecError, prepare_tokenizer
+
+    vocab = {c: i for i, c in enumerate(["<unk>", "<", "|", "i", "m", "_", "e", "n", "d", ">", "a"])}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
+    assert len(tokenizer("<|im_end|>", add_special_tokens=False)["input_ids"]) > 1
+    with pytest.raises(ModelSpecError, match=r"no single <\|im_end\|> token"):
+        prepare_tokenizer(tokenizer)

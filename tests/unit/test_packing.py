@@ -1,4 +1,4 @@
-"""Packing: literal bins, invariants, efficiency, and literal collated tensors."""
+"""Packing: literal bins, invariants, efficiency."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import random
 import time
 
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cascade_rl.data.packing import collate_packed, collate_padded, pack
+from cascade_rl.data.packing import pack
 
 IGN = -100
 
@@ -94,68 +93,3 @@ def test_pack_efficiency_lognormal():
     efficiency = sum(lengths) / (len(bins) * 8192)
     print(f"pack efficiency {efficiency:.5f} over {len(bins)} bins of 8192 ({elapsed * 1e3:.1f} ms)")
     assert efficiency >= 0.995
-
-
-# --------------------------------------------------------------------------- collate_packed
-
-
-def test_collate_packed_literal_with_padding():
-    samples = [([11, 12, 13], [0, 1, 1]), ([21, 22], [0, 1])]
-    out = collate_packed(samples, capacity=8, pad_id=0)
-    assert out["input_ids"].tolist() == [[11, 12, 13, 21, 22, 0, 0, 0]]
-    # position t predicts token t+1 of the same sample when it is supervised:
-    #   sample A: t0 -> 12, t1 -> 13, t2 last -> IGN;  sample B: t0 -> 22, t1 last -> IGN;  pads -> IGN
-    assert out["labels"].tolist() == [[12, 13, IGN, 22, IGN, IGN, IGN, IGN]]
-    assert out["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2]]
-    assert out["cu_seqlens"].tolist() == [0, 3, 5]
-    assert out["cu_seqlens"].dtype == torch.int32
-    assert out["seq_lens"].tolist() == [3, 2]
-    assert out["input_ids"].dtype == torch.long and out["labels"].shape == (1, 8)
-
-
-def test_collate_packed_no_padding_and_unsupervised_gaps():
-    # mask [0,1,0,1]: token 1 and token 3 are supervised -> labels at t0 and t2.
-    samples = [([1, 2, 3, 4], [0, 1, 0, 1]), ([5, 6], [1, 1])]
-    out = collate_packed(samples, capacity=None, pad_id=0, ignore_index=-1)
-    assert out["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6]]
-    # sample 2's first token 5 is "supervised" but is never predicted from sample 1's last token.
-    assert out["labels"].tolist() == [[2, -1, 4, -1, 6, -1]]
-    assert out["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1]]
-    assert out["cu_seqlens"].tolist() == [0, 4, 6]
-
-
-def test_collate_packed_errors():
-    with pytest.raises(ValueError, match="more than capacity"):
-        collate_packed([([1, 2, 3], [1, 1, 1])], capacity=2, pad_id=0)
-    with pytest.raises(ValueError, match="sample 1"):
-        collate_packed([([1], [1]), ([1, 2], [1])], capacity=None, pad_id=0)
-    with pytest.raises(ValueError, match="sample 0 is empty"):
-        collate_packed([([], [])], capacity=None, pad_id=0)
-
-
-# --------------------------------------------------------------------------- collate_padded
-
-
-def test_collate_padded_literal():
-    samples = [([11, 12, 13], [0, 1, 1]), ([21, 22], [0, 1])]
-    out = collate_padded(samples, pad_id=0)
-    assert out["input_ids"].tolist() == [[11, 12, 13], [21, 22, 0]]
-    assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    assert out["labels"].tolist() == [[12, 13, IGN], [22, IGN, IGN]]
-    assert out["position_ids"].tolist() == [[0, 1, 2], [0, 1, 2]]
-
-
-def test_packed_and_padded_supervise_the_same_predictions():
-    # The same (input position -> label) pairs must be supervised either way, so a pack's loss
-    # is the sum of its samples' losses.
-    rng = random.Random(1)
-    samples = []
-    for _ in range(6):
-        n = rng.randint(1, 9)
-        samples.append(([rng.randint(1, 50) for _ in range(n)], [rng.randint(0, 1) for _ in range(n)]))
-    packed = collate_packed(samples, capacity=64, pad_id=0)
-    padded = collate_padded(samples, pad_id=0)
-    real = int(packed["cu_seqlens"][-1])
-    per_row = [padded["labels"][b, : len(ids)].tolist() for b, (ids, _) in enumerate(samples)]
-    assert packed["labels"][0, :real].tolist() == [x for row in per_row for x in row]
-    assert (packed["labels"][0, real:] == IGN).all()

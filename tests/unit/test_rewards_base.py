@@ -57,6 +57,17 @@ def test_verifier_crash_scores_zero(monkeypatch):
     assert (result.score, result.info["reason"]) == (0.0, "verifier_error")
 
 
+def test_a_sandbox_that_cannot_run_stops_instead_of_scoring_zero(monkeypatch):
+    """Below the required isolation the code verifier must not quietly give every rollout 0."""
+    from cascade_rl.rewards import sandbox
+
+    monkeypatch.setenv(sandbox.MIN_ISOLATION_ENV, "namespaces")
+    monkeypatch.setattr(sandbox, "available_isolation", lambda: ("session", "rlimits", "no_new_privs"))
+    spec = {"type": "code", "cases": [{"input": "", "output": "1"}]}
+    with pytest.raises(sandbox.SandboxError, match="below the required 'namespaces'"):
+        verify("```python\nprint(1)\n```<|im_end|>", spec)
+
+
 def test_register_rejects_duplicates():
     with pytest.raises(ValueError, match="already registered"):
         register("math")(object)

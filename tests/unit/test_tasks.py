@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from cascade_rl.chat import parse_completion
-from cascade_rl.data.tasks import TASKS, Problem, Task, assistant_text, get_task, is_eval_prompt, make_split
+from cascade_rl.data.tasks import SPLITS, TASKS, Problem, Task, assistant_text, get_task, make_split, split_of
 from cascade_rl.data.tasks.base import argument_text
 from cascade_rl.data.tasks.instruct import ADVANCED
 
@@ -37,19 +37,32 @@ def test_splits_are_deterministic_and_seeded(domain):
     assert first == make_split(domain, "train", 20, seed=0)
     assert [p.uid for p in first] != [p.uid for p in make_split(domain, "train", 20, seed=1)]
     # a smaller split is a prefix of a larger one with the same seed
-    assert make_split(domain, "eval", 5, seed=3) == make_split(domain, "eval", 12, seed=3)[:5]
+    assert make_split(domain, "test", 5, seed=3) == make_split(domain, "test", 12, seed=3)[:5]
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
 @pytest.mark.parametrize("difficulty", DIFFICULTIES)
-def test_train_and_eval_prompts_are_disjoint(domain, difficulty):
-    train = make_split(domain, "train", 400, seed=0, difficulty=difficulty)
-    evals = make_split(domain, "eval", 100, seed=0, difficulty=difficulty)
-    assert not _texts(train) & _texts(evals)
-    assert all(is_eval_prompt(domain, p.user_text) for p in evals)
-    assert not any(is_eval_prompt(domain, p.user_text) for p in train)
-    # different seeds draw different problems but can never cross the split
-    assert not _texts(make_split(domain, "train", 200, seed=7, difficulty=difficulty)) & _texts(evals)
+def test_splits_are_disjoint(domain, difficulty):
+    """SFT, RL, validation and test never share a prompt text; train is sft and rl together."""
+    texts = {s: _texts(make_split(domain, s, 150, seed=0, difficulty=difficulty)) for s in SPLITS}
+    parts = ("sft", "rl", "validation", "test")
+    for i, a in enumerate(parts):
+        assert all(split_of(domain, t) == a for t in texts[a])
+        for b in parts[i + 1 :]:
+            assert not texts[a] & texts[b], (a, b)
+    assert {split_of(domain, t) for t in texts["train"]} <= {"sft", "rl"}
+    # different seeds draw different problems but can never cross a split
+    assert not _texts(make_split(domain, "train", 200, seed=7, difficulty=difficulty)) & texts["test"]
+
+
+def test_split_shares():
+    """20 hash buckets: test 4 (the two-way split's eval set, unchanged), validation 1, rl 4, sft 11."""
+    from cascade_rl.data.tasks.registry import _BUCKET_SPLIT
+
+    counts = {s: list(_BUCKET_SPLIT.values()).count(s) for s in ("sft", "rl", "validation", "test")}
+    assert counts == {"sft": 11, "rl": 4, "validation": 1, "test": 4}
+    with pytest.raises(ValueError, match="split must be one of"):
+        make_split("math", "eval", 1)
 
 
 @pytest.mark.parametrize("domain", DOMAINS)
@@ -60,7 +73,7 @@ def test_splits_dedupe_prompts(domain):
 
 def test_small_space_falls_back_to_repeats():
     # difficulty-0 tool calls have under a thousand distinct prompts; a larger set still fills
-    problems = make_split("tool_call", "eval", 300, seed=0)
+    problems = make_split("tool_call", "test", 300, seed=0)
     assert len(problems) == 300
     assert len(_texts(problems)) < 300
 
@@ -199,7 +212,7 @@ def _argument_chars(problem: Problem) -> int:
 
 
 def test_eval_prompts_of_one_level_never_train_another():
-    evals = _texts(make_split("tool_call", "eval", 100, seed=0, difficulty=0))
+    evals = _texts(make_split("tool_call", "test", 100, seed=0, difficulty=0))
     for difficulty in DIFFICULTIES:
         assert not evals & _texts(make_split("tool_call", "train", 300, seed=5, difficulty=difficulty))
 

@@ -1,12 +1,15 @@
-"""Domain registry and deterministic, disjoint train / eval splits.
+"""Domain registry and deterministic, disjoint splits of every domain's prompt space.
 
-Split rule: a problem belongs to eval iff a stable hash (sha256) of its domain and user text
-falls in one of ``EVAL_BUCKETS`` buckets, so the same prompt text can never be in both splits,
-whatever the seed, size or generation order. ``make_split`` draws problems from one seeded
-stream and keeps those of the requested split.
+Split rule: a stable hash (sha256) of a problem's domain and user text picks one of 20 buckets:
+four (20%) hold the ``test`` split (the held-out sets the ledger reports), one (5%) the ``validation``
+split (what MOPD teachers are chosen on), four (20%) the ``rl`` split (RL and MOPD prompts) and the
+other eleven (55%) the ``sft`` split. ``train`` is ``sft`` and ``rl`` together. So the same prompt
+text is in one split only, whatever the seed, size or generation order: SFT never trains on an RL
+prompt, teachers are never chosen on the numbers that are reported, and nothing trained on is
+evaluated. ``make_split`` draws problems from one seeded stream and keeps those of the requested split.
 
 Dedupe: within a split, a prompt text is not repeated while fresh ones keep coming. Small
-spaces (a difficulty-0 domain has a few thousand distinct prompts, its eval share a fifth of
+spaces (a difficulty-0 domain has a few thousand distinct prompts, its test share a fifth of
 that) can run out; after ``MAX_DUPLICATE_RUN`` consecutive repeats the space counts as exhausted
 and repeats are accepted from then on, so large training sets still fill. Both rules depend only
 on the draw sequence, so a split of size n is a prefix of the same split of size m > n.
@@ -25,10 +28,15 @@ from cascade_rl.data.tasks.math_problems import MathTask
 from cascade_rl.data.tasks.mcqa import McqaTask
 from cascade_rl.data.tasks.tool_call import ToolCallTask
 
-Split = Literal["train", "eval"]
+Split = Literal["sft", "rl", "train", "validation", "test"]
+SPLITS: tuple[str, ...] = ("sft", "rl", "train", "validation", "test")
 
-EVAL_BUCKETS = 5  # one prompt text in five is reserved for evaluation
-EVAL_SALT = "cascade-rl/eval-split/v1"
+BUCKETS = 20
+SPLIT_SALT = "cascade-rl/eval-split/v1"  # as when there were two splits: the test split stayed the same
+_BUCKET_SPLIT = {
+    bucket: "test" if bucket % 5 == 0 else "validation" if bucket == 1 else "rl" if bucket in (2, 3, 4, 6) else "sft"
+    for bucket in range(BUCKETS)
+}
 MAX_DUPLICATE_RUN = 200
 MAX_DRAWS_PER_PROBLEM = 2000  # a generator that never reaches a split is a bug, not a slow draw
 
@@ -45,23 +53,27 @@ def get_task(name: str) -> Task:
         raise KeyError(f"unknown task domain {name!r}; known: {sorted(TASKS)}") from None
 
 
-def is_eval_prompt(domain: str, user_text: str) -> bool:
-    """Whether a prompt text is reserved for the eval split of its domain."""
-    return stable_hash(f"{EVAL_SALT}\x00{domain}\x00{user_text}") % EVAL_BUCKETS == 0
+def split_of(domain: str, user_text: str) -> str:
+    """The split (sft, rl, validation or test) a prompt text belongs to in its domain."""
+    return _BUCKET_SPLIT[stable_hash(f"{SPLIT_SALT}\x00{domain}\x00{user_text}") % BUCKETS]
+
+
+def in_split(domain: str, user_text: str, split: str) -> bool:
+    part = split_of(domain, user_text)
+    return part == split or (split == "train" and part in ("sft", "rl"))
 
 
 def make_split(domain: str, split: Split, n: int, *, seed: int = 0, difficulty: int = 0) -> list[Problem]:
     """n problems of one domain, split and difficulty; deterministic in all arguments.
 
-    Train and eval never share a user prompt text (see the module docstring for the rule and
-    for how repeats are handled once a small space is exhausted).
+    The splits never share a user prompt text (see the module docstring for the rule and for how
+    repeats are handled once a small space is exhausted).
     """
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if n < 0 or difficulty < 0:
         raise ValueError(f"n and difficulty must be >= 0, got n={n}, difficulty={difficulty}")
     task = get_task(domain)
-    want_eval = split == "eval"
     rng = random.Random(f"cascade-rl/{domain}/{split}/{seed}/{difficulty}")
     out: list[Problem] = []
     seen: set[str] = set()
@@ -72,7 +84,7 @@ def make_split(domain: str, split: Split, n: int, *, seed: int = 0, difficulty: 
             raise RuntimeError(f"{domain} d{difficulty}: could not draw {n} {split} problems")
         problem = task.generate(rng, difficulty)
         text = problem.user_text
-        if is_eval_prompt(domain, text) != want_eval:
+        if not in_split(domain, text, split):
             continue
         if text in seen and not exhausted:
             duplicate_run += 1

@@ -1,0 +1,218 @@
+"""The rollout half of an RL step: prompts -> episodes -> scored ``TrajectoryGroup``s.
+
+Everything that touches text lives here: prompts are rendered and tokenized once, every episode is
+run in its environment (``envs``), completions are decoded and parsed for the environment and the
+reward function, and the result is handed to the learner as token ids, masks and numbers only
+(``types.Trajectory``). Token in, token out: a trajectory's tokens are exactly the ones the
+generator was conditioned on and produced, never a re-tokenisation of decoded text.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from transformers import PreTrainedTokenizerBase
+
+from cascade_rl.chat import encode_prompt, parse_completion
+from cascade_rl.config import RLStage
+from cascade_rl.engines.base import Generator, SamplingParams
+from cascade_rl.envs import Env, make_env
+from cascade_rl.rewards.reward_fn import RewardFn, score_groups
+from cascade_rl.types import Completion, Prompt, Trajectory, TrajectoryGroup
+
+
+@dataclass
+class PromptPool:
+    """The stage's prompts by source, sampled by source weight."""
+
+    prompts: list[list[Prompt]]
+    weights: list[float]
+
+    def sample(self, count: int, rng: random.Random) -> list[Prompt]:
+        out = []
+        for _ in range(count):
+            s = rng.choices(range(len(self.prompts)), weights=self.weights)[0]
+            out.append(self.prompts[s][rng.randrange(len(self.prompts[s]))])
+        return out
+
+
+@dataclass
+class PromptEncoder:
+    """Prompt ids (the rendered conversation plus the generation prompt), encoded once per prompt."""
+
+    tokenizer: PreTrainedTokenizerBase
+    thinking: bool
+    # keyed by object identity; the prompt is kept with its ids so that identity is never reused
+    _ids: dict[int, tuple[Prompt, list[int]]] = field(default_factory=dict)
+
+    def __call__(self, prompt: Prompt, messages: Sequence[dict]) -> list[int]:
+        if id(prompt) not in self._ids:
+            ids = encode_prompt(self.tokenizer, list(messages), prompt.tools, enable_thinking=self.thinking)
+            self._ids[id(prompt)] = (prompt, ids)
+        return self._ids[id(prompt)][1]
+
+
+def _trajectory(prompt_ids: list[int], completion: Completion, text: str, domain: str) -> Trajectory:
+    n_prompt, n = len(prompt_ids), len(completion.tokens)
+    return Trajectory(
+        tokens=tuple(prompt_ids) + tuple(completion.tokens),
+        loss_mask=(0,) * n_prompt + (1,) * n,
+        behaviour_logprobs=(0.0,) * n_prompt + tuple(completion.logprobs),
+        turns=((n_prompt, n_prompt + n),),
+        texts=(text,),
+        truncated=completion.finish_reason == "length",
+        domain=domain,
+        policy_version=completion.policy_version,
+    )
+
+
+def run_episodes(
+    prompts: Sequence[Prompt],
+    generator: Generator,
+    tokenizer: PreTrainedTokenizerBase,
+    params: SamplingParams,
+    encode: PromptEncoder,
+    *,
+    env: str = "single_turn",
+    first_index: int = 0,
+) -> list[TrajectoryGroup]:
+    """``params.n`` episodes per prompt, every first turn in one batched ``generate`` call; rewards not yet set.
+
+    Every episode gets its own environment; the n episodes of a prompt start from the same
+    conversation (an environment's ``reset`` is a function of its prompt), so the prompt is encoded
+    and prefilled once.
+    """
+    envs: list[list[Env]] = [[make_env(env, p) for _ in range(params.n)] for p in prompts]
+    try:
+        ids = [encode(p, e[0].reset()) for p, e in zip(prompts, envs, strict=True)]
+        completions = generator.generate(ids, params)
+        groups = []
+        for g, (prompt, prompt_ids, episodes, samples) in enumerate(zip(prompts, ids, envs, completions, strict=True)):
+            trajectories = []
+            for episode, completion in zip(episodes, samples, strict=True):
+                text = tokenizer.decode(list(completion.tokens), skip_special_tokens=False)
+                result = episode.step(parse_completion(text, thinking=encode.thinking))
+                if not result.done:
+                    raise NotImplementedError(f"environment {env!r} asked for another turn")
+                trajectory = _trajectory(prompt_ids, completion, text, prompt.domain)
+                if result.reward is not None or result.info:
+                    trajectory = replace(trajectory, reward=result.reward or 0.0, info=dict(result.info))
+                trajectories.append(trajectory)
+            groups.append(TrajectoryGroup(prompt, tuple(trajectories), first_index + g, encode.thinking))
+        return groups
+    finally:
+        for episode in (e for row in envs for e in row):
+            episode.close()
+
+
+def with_rewards(groups: Sequence[TrajectoryGroup], reward_fn: RewardFn) -> list[TrajectoryGroup]:
+    """Groups with every trajectory's reward (and its verdict's info) from the stage's reward function."""
+    results = score_groups(reward_fn, groups)
+    return [
+        replace(
+            group,
+            trajectories=tuple(
+                replace(t, reward=r.score, info={**t.info, **r.info})
+                for t, r in zip(group.trajectories, rs, strict=True)
+            ),
+        )
+        for group, rs in zip(groups, results, strict=True)
+    ]
+
+
+def counted(trajectory: Trajectory, overlong_filtering: bool) -> bool:
+    """Whether a trajectory enters the loss and its group's statistics (a truncated one may not)."""
+    return not (overlong_filtering and trajectory.truncated)
+
+
+def has_signal(group: TrajectoryGroup, overlong_filtering: bool) -> bool:
+    """At least two different rewards among the group's counted trajectories (else every advantage is 0)."""
+    return len({t.reward for t in group.trajectories if counted(t, overlong_filtering)}) > 1
+
+
+@dataclass
+class Rollouts:
+    """The rollout half of one stage: a full batch of scored groups per step, dynamic filtering included."""
+
+    stage: RLStage
+    pool: PromptPool
+    generator: Generator
+    tokenizer: PreTrainedTokenizerBase
+    reward_fn: RewardFn
+    filter_constant_groups: bool
+    encode: PromptEncoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.encode = PromptEncoder(self.tokenizer, self.stage.thinking)
+
+    def params(self, rng: random.Random) -> SamplingParams:
+        stage = self.stage
+        return SamplingParams(
+            n=stage.group_size,
+            temperature=stage.temperature,
+            max_new_tokens=stage.max_new_tokens,
+            stop_token_ids=(self.tokenizer.eos_token_id,),
+            seed=rng.randrange(1 << 62),
+        )
+
+    def collect(self, step: int) -> tuple[list[TrajectoryGroup], dict[str, float]]:
+        """``prompts_per_step`` groups; groups without signal are dropped and refilled (dynamic filtering).
+
+        Every random draw is seeded by (stage seed, step, sampling round), so a resumed run replays the
+        same prompts and samples.
+        """
+        stage = self.stage
+        filtering = stage.dynamic_filtering and self.filter_constant_groups
+        kept: list[TrajectoryGroup] = []
+        seen: list[Trajectory] = []
+        dropped = rounds = produced = 0
+        gen_time = 0.0
+        while len(kept) < stage.prompts_per_step and rounds < stage.max_sampling_rounds:
+            rng = random.Random(f"{stage.seed}:{step}:{rounds}")
+            prompts = self.pool.sample(stage.prompts_per_step - len(kept), rng)
+            params = self.params(rng)
+            t0 = time.perf_counter()
+            groups = run_episodes(prompts, self.generator, self.tokenizer, params, self.encode, first_index=produced)
+            produced += len(groups)
+            gen_time += time.perf_counter() - t0
+            for group in with_rewards(groups, self.reward_fn):
+                seen.extend(group.trajectories)
+                if filtering and not has_signal(group, stage.overlong_filtering):
+                    dropped += 1
+                else:
+                    kept.append(group)
+            rounds += 1
+        stats = rollout_stats(seen)
+        gen_tokens = sum(t.model_tokens for t in seen)
+        stats |= {
+            "dropped_groups": dropped,
+            "sampling_rounds": rounds,
+            "kept_groups": len(kept),
+            "rollout_tokens_per_s": gen_tokens / max(gen_time, 1e-9),
+            "generation_time": gen_time,
+        }
+        return kept[: stage.prompts_per_step], stats
+
+
+def rollout_stats(trajectories: Sequence[Trajectory]) -> dict[str, float]:
+    """Metrics over every sampled trajectory (kept or not): what the policy actually does."""
+    if not trajectories:
+        return {}
+    out: dict[str, float] = {
+        "reward": statistics.fmean(t.reward for t in trajectories),
+        "pass_rate": statistics.fmean(t.reward >= 1.0 for t in trajectories),
+        "response_length": statistics.fmean(t.model_tokens for t in trajectories),
+        "truncation_rate": statistics.fmean(t.truncated for t in trajectories),
+    }
+    by_domain: dict[str, list[float]] = defaultdict(list)
+    for t in trajectories:
+        by_domain[t.domain].append(t.reward)
+    for domain, rewards in by_domain.items():
+        out[f"reward/{domain}"] = statistics.fmean(rewards)
+        out[f"pass_rate/{domain}"] = statistics.fmean(x >= 1.0 for x in rewards)
+    return out
