@@ -146,7 +146,10 @@ class _RolloutStage(_Stage):
         4, ge=1, description="generation rounds per step at most (the first included) to refill a filtered batch"
     )
     overlong_filtering: bool = Field(
-        True, description="truncated responses leave the loss and the group statistics (not penalised)"
+        True,
+        description="truncated responses leave the loss and the group statistics (no length penalty); off: they "
+        "score as their reward (0) and train. With a budget near the answer length, off: nothing else pushes "
+        "back on running out of budget",
     )
     reward: RewardConfig = Field(RewardConfig(), description="the reward function of the stage")
     reward_workers: int = Field(0, ge=0, description="processes verifying rollouts (sandboxed code); 0: in-process")
