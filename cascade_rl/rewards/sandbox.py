@@ -29,6 +29,9 @@ container with the default seccomp profile), so the layers are graded into named
 once per process what takes effect here, and ``run_python`` refuses, before running anything,
 when that is below the process-wide minimum (``set_min_isolation`` / ``min_isolation``, default
 from the ``CASCADE_MIN_ISOLATION`` environment variable, else ``"process"``).
+
+A long-lived interpreter in the same sandbox, whose variables persist across calls (the stateful
+Python tool), is ``cascade_rl.rewards.sandbox_session.PythonSession``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 _LAUNCHER = str(Path(__file__).with_name("_sandbox_launcher.py"))
 _PROG, _WORK = "prog.py", "work"
@@ -306,43 +310,21 @@ def _run(
     site_packages: bool,
 ) -> SandboxResult:
     """Launch ``code`` unchecked: ``run_python`` without the isolation check and socket guard."""
-    uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if os.geteuid() == 0 else None
-    python = sys.executable if site_packages else os.path.realpath(sys.executable)
+    uid = _random_uid()
     host_dir = _make_dir(code, uid)
     status_r, status_w = os.pipe()
-    cfg = {
-        "parent": os.getpid(),
-        "host_dir": host_dir,
-        "prog": _PROG,
-        "work": _WORK,
-        "python": python,
-        "python_args": ["-I", "-B"] if site_packages else ["-I", "-S", "-B"],
-        # a virtual environment may live under /tmp, which the sandbox replaces by a private tmpfs
-        "expose": [_python_prefix(), *([sys.prefix] if site_packages else [])],
-        "uid": uid,
-        "limits": {
-            "cpu": int(timeout) + 1,
-            "as": memory_mb << 20,
-            "nproc": max_procs,
-            "fsize": 32 << 20,
-            "nofile": 256,
-        },
-        "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"},
-        "status_fd": status_w,
-        "tmpfs_mb": 64,
-    }
+    cfg = _launcher_config(
+        host_dir,
+        uid,
+        cpu=int(timeout) + 1,
+        memory_mb=memory_mb,
+        max_procs=max_procs,
+        site_packages=site_packages,
+        status_fd=status_w,
+    )
     start = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            [os.path.realpath(sys.executable), "-I", "-S", "-B", _LAUNCHER, json.dumps(cfg)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            pass_fds=(status_w,),
-            start_new_session=True,
-            cwd=host_dir,
-            env=cfg["env"],
-        )
+        proc = _spawn_launcher(cfg)
     except BaseException:
         os.close(status_r)
         os.close(status_w)
@@ -350,6 +332,65 @@ def _run(
         raise
     os.close(status_w)
     return _collect(proc, stdin.encode(), status_r, start + timeout, max_output, uid, host_dir, start)
+
+
+def _random_uid() -> int | None:
+    """A fresh unprivileged uid for one sandbox when started as root (None: no uid switch)."""
+    return _UID_BASE + secrets.randbelow(_UID_SPAN) if os.geteuid() == 0 else None
+
+
+def _launcher_config(
+    host_dir: str,
+    uid: int | None,
+    *,
+    cpu: int | None,
+    memory_mb: int,
+    max_procs: int,
+    site_packages: bool,
+    status_fd: int,
+) -> dict[str, Any]:
+    """The launcher's CONFIG_JSON for a program in ``host_dir`` (``cpu=None``: no CPU-time limit)."""
+    return {
+        "parent": os.getpid(),
+        "host_dir": host_dir,
+        "prog": _PROG,
+        "work": _WORK,
+        "python": sys.executable if site_packages else os.path.realpath(sys.executable),
+        "python_args": ["-I", "-B"] if site_packages else ["-I", "-S", "-B"],
+        # a virtual environment may live under /tmp, which the sandbox replaces by a private tmpfs
+        "expose": [_python_prefix(), *([sys.prefix] if site_packages else [])],
+        "uid": uid,
+        "limits": {
+            "cpu": cpu,
+            "as": memory_mb << 20,
+            "nproc": max_procs,
+            "fsize": 32 << 20,
+            "nofile": 256,
+        },
+        "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"},
+        "status_fd": status_fd,
+        "tmpfs_mb": 64,
+    }
+
+
+def _spawn_launcher(
+    cfg: dict[str, Any], *, pass_fds: tuple[int, ...] = (), merge_stderr: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start the launcher on ``cfg`` in a new session, with pipes for the program's stdin/stdout/stderr.
+
+    ``pass_fds``: further descriptors the program inherits (besides the status fd); ``merge_stderr``:
+    stderr goes to the stdout pipe.
+    """
+    return subprocess.Popen(
+        [os.path.realpath(sys.executable), "-I", "-S", "-B", _LAUNCHER, json.dumps(cfg)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
+        pass_fds=(cfg["status_fd"], *pass_fds),
+        start_new_session=True,
+        cwd=cfg["host_dir"],
+        env=cfg["env"],
+    )
 
 
 def _collect(
