@@ -63,6 +63,9 @@ class DataConfig(Frozen):
     thinking: Literal["both", "on", "off"] = Field("both", description="which SFT variants a task yields")
     weight: float = Field(1.0, ge=0, description="epochs (blend=epochs) or share (blend=ratio)")
     domain: str | None = Field(None, description="domain label for every record of the source (else the record's own)")
+    env: str | None = Field(
+        None, description="environment of the source's episodes (else the record's own 'env', else the task's)"
+    )
     on_error: Literal["raise", "skip"] = Field("raise", description="a malformed record: stop, or skip and count it")
     seed: int = Field(0, description="seed of the task generator")
 
@@ -134,7 +137,14 @@ class _RolloutStage(_Stage):
     steps: int = Field(100, ge=1, description="optimizer steps (one per rollout batch)")
     prompts_per_step: int = Field(16, ge=1, description="128 in the published run")
     group_size: int = Field(8, ge=1, description="rollouts per prompt (16 published)")
-    max_new_tokens: int = Field(128, ge=1, description="response budget; longer responses are truncated")
+    max_new_tokens: int = Field(128, ge=1, description="response budget per model turn; longer turns are truncated")
+    max_turns: int = Field(8, ge=1, description="model turns per episode at most (a single-turn task ends after one)")
+    max_context_tokens: int | None = Field(
+        None, ge=16, description="tokens per episode at most (prompt, turns, tool responses); None: no limit"
+    )
+    envs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="keyword arguments per environment, e.g. {python_tool: {timeout: 120}}"
+    )
     temperature: float = Field(1.0, gt=0, description="sampling temperature (trainer log-probs use the same)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; RL samples the full distribution (1)")
     top_k: int = Field(0, ge=0, description="top-k sampling; RL samples the full distribution (0)")
@@ -230,7 +240,10 @@ class EvalConfig(Frozen):
         "validation split (same size); prompt files need their own entries here",
     )
     samples: int = Field(4, ge=1, description="samples per prompt (avg@k, pass@k)")
-    max_new_tokens: int = Field(128, ge=1, description="response budget; a truncated response scores 0")
+    max_new_tokens: int = Field(128, ge=1, description="response budget per model turn; a truncated response scores 0")
+    max_turns: int = Field(8, ge=1, description="model turns per episode at most (agentic domains)")
+    max_context_tokens: int | None = Field(None, ge=16, description="tokens per episode at most; None: no limit")
+    envs: dict[str, dict[str, Any]] = Field(default_factory=dict, description="keyword arguments per environment")
     temperature: float = Field(1.0, ge=0, description="0 = greedy")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1 disables")
     thinking: list[bool] = Field(default_factory=lambda: [False], description="thinking modes to evaluate")

@@ -37,6 +37,7 @@ class Prompt:
     domain: str
     tools: tuple[dict[str, Any], ...] | None = None
     uid: str = ""
+    env: str = "single_turn"  # the registered environment an episode of this prompt runs in (``envs``)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Trajectory:
     tokens are 0); ``behaviour_logprobs[j]`` is the sampling engine's log-prob of a model-written
     token (0 elsewhere). ``turns`` holds ``[start, end)`` of each model turn in ``tokens``, and
     ``texts`` the decoded text of each turn (for rewards and logs only; the learner never reads it).
-    ``truncated``: the episode ended on a length budget rather than on its own.
+    ``truncated``: the episode ended on a budget (turn tokens, turns, context) rather than on its own.
     """
 
     tokens: tuple[int, ...]
@@ -76,6 +77,7 @@ class Trajectory:
     policy_version: int = 0
     reward: float = 0.0
     info: Mapping[str, Any] = field(default_factory=dict)
+    failed: bool = False  # the environment broke (infrastructure): out of the loss and the group statistics
 
     def __post_init__(self) -> None:
         n = len(self.tokens)

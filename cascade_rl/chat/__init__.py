@@ -6,6 +6,7 @@ from cascade_rl.chat.template import (
     chat_template,
     generation_prompt,
     render,
+    render_continuation,
     render_with_spans,
 )
 from cascade_rl.chat.tokenize import encode_prompt, tokenize_conversation
@@ -18,6 +19,7 @@ __all__ = [
     "generation_prompt",
     "parse_completion",
     "render",
+    "render_continuation",
     "render_with_spans",
     "tokenize_conversation",
 ]

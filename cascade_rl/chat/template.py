@@ -280,3 +280,21 @@ def render(
         truncate_history_thinking=truncate_history_thinking,
     )
     return text
+
+
+_TURN_END = f"{IM_END}\n"
+
+
+def render_continuation(messages: Sequence[Mapping[str, Any]], *, enable_thinking: bool = True) -> str:
+    """What follows a finished assistant turn when ``messages`` (tool responses, a user message) come
+    next, up to and including the next generation prompt.
+
+    Rendered by ``render`` itself (after a placeholder assistant turn, whose text is cut off), so it is
+    byte for byte what the template writes there: the newline after the turn's ``<|im_end|>``, tool
+    responses grouped into one user turn, then the generation prompt of the thinking mode.
+    """
+    placeholder = [{"role": "user", "content": "."}, {"role": "assistant", "content": "."}]
+    text = render([*placeholder, *messages], add_generation_prompt=True, enable_thinking=enable_thinking)
+    head = render(placeholder, enable_thinking=enable_thinking)
+    assert text.startswith(head) and head.endswith(_TURN_END)
+    return "\n" + text[len(head) :]

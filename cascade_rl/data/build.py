@@ -60,9 +60,10 @@ def _file_prompts(config: DataConfig) -> list[Prompt]:
                 spec = obj["spec"]
                 if not isinstance(spec, dict) or "type" not in spec:
                     raise ValueError("'spec' must be a mapping with a 'type' (the verifier)")
-                domain = obj.get("domain")
-                if domain is not None and (not isinstance(domain, str) or not domain):
-                    raise ValueError(f"'domain' must be a non-empty string, got {domain!r}")
+                domain, env = obj.get("domain"), obj.get("env")
+                for key, value in (("domain", domain), ("env", env)):
+                    if value is not None and (not isinstance(value, str) or not value):
+                        raise ValueError(f"'{key}' must be a non-empty string, got {value!r}")
             except (UnicodeDecodeError, ValueError, KeyError) as exc:
                 reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
                 if config.on_error == "raise":
@@ -76,6 +77,7 @@ def _file_prompts(config: DataConfig) -> list[Prompt]:
                     resolve_domain(config, domain),
                     record.tools,
                     str(obj.get("id", f"{path.name}:{line_no}")),
+                    env=config.env or env or "single_turn",
                 )
             )
     if skipped:
@@ -110,7 +112,9 @@ def _prompts_cached(config: DataConfig, split: str, *_file_version: int) -> tupl
         return tuple(_file_prompts(config))
     chosen = config.split or split
     problems = make_split(config.task, chosen, config.n, seed=config.seed, difficulty=config.difficulty)  # type: ignore[arg-type]
-    return tuple(dataclasses.replace(p.to_prompt(), domain=resolve_domain(config)) for p in problems)
+    return tuple(
+        dataclasses.replace(p.to_prompt(), domain=resolve_domain(config), env=config.env or p.env) for p in problems
+    )
 
 
 def prompt_domains(configs: Sequence[DataConfig], split: str) -> list[str]:

@@ -56,12 +56,18 @@ def register_env(name: str) -> Callable[[EnvFactory], EnvFactory]:
     return deco
 
 
-def make_env(name: str, prompt: Prompt, **args: Any) -> Env:
-    """A fresh episode of environment ``name`` on ``prompt``."""
-    import cascade_rl.envs.single_turn  # noqa: F401  (registers the built-in environments)
+def env_class(name: str) -> EnvFactory:
+    """The factory registered as ``name`` (the built-in environments are registered on first use)."""
+    import cascade_rl.envs.python_tool
+    import cascade_rl.envs.single_turn
+    import cascade_rl.envs.workplace  # noqa: F401
 
     try:
-        factory = ENVS[name]
+        return ENVS[name]
     except KeyError:
         raise ValueError(f"unknown environment {name!r}; registered: {', '.join(sorted(ENVS))}") from None
-    return factory(prompt, **args)
+
+
+def make_env(name: str, prompt: Prompt, **args: Any) -> Env:
+    """A fresh episode of environment ``name`` on ``prompt``."""
+    return env_class(name)(prompt, **args)

@@ -34,6 +34,8 @@ class LedgerRow:
     counts: dict[str, int] = field(default_factory=dict)  # prompts x samples behind each score
     errors: dict[str, float] = field(default_factory=dict)  # standard error of each score, over prompts
     validation: dict[str, float] = field(default_factory=dict)  # validation-split scores: what teachers are chosen on
+    # agentic columns: episode shape per column, e.g. {"turns": 2.9, "tool_errors": 0.1} (per episode)
+    episodes: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def error(self, column: str) -> float:
         """The measured standard error of a score; without one, the Bernoulli bound from its sample count."""
@@ -110,6 +112,12 @@ class Ledger:
         named = [f"{c} {r.stage}" for c, r in candidates.items() if r is not None]
         if named:
             lines.append("MOPD teacher candidates (best on the validation split, base excluded): " + ", ".join(named))
+        agentic = [(r.stage, c, e) for r in self.rows for c, e in r.episodes.items()]
+        if agentic:
+            lines.append(
+                "Episodes (turns / tool errors per episode): "
+                + "; ".join(f"{c} {stage} {e['turns']:.1f} / {e['tool_errors']:.2f}" for stage, c, e in agentic)
+            )
         drops = self.forgetting()
         if drops:
             lines.append("Forgetting: " + "; ".join(f"{c} {a} -> {b} (-{d:.3f})" for c, a, b, d in drops))

@@ -22,7 +22,8 @@ from cascade_rl.config import DataConfig, EvalConfig
 from cascade_rl.data.build import prompts_for
 from cascade_rl.engines.base import Generator, SamplingParams
 from cascade_rl.logging import progress_bar
-from cascade_rl.loops.rollout import PromptEncoder, run_episodes, with_rewards
+from cascade_rl.loops.episodes import Budget, EpisodeRunner
+from cascade_rl.loops.rollout import PromptEncoder, with_rewards
 from cascade_rl.rewards.reward_fn import RewardFn, VerifierReward
 from cascade_rl.types import Prompt, TrajectoryGroup
 
@@ -42,6 +43,9 @@ class DomainScore:
     response_length: float
     stderr: float = 0.0  # standard error of ``avg`` over prompts (a prompt's samples are not independent)
     split: str = TEST
+    turns: float = 1.0  # model turns per episode
+    tool_errors: float = 0.0  # tool calls per episode that came back as errors
+    env_failures: int = 0  # episodes the environment itself broke on (scored 0, counted here)
 
     @property
     def key(self) -> str:
@@ -83,6 +87,7 @@ def _sample_rows(groups: Sequence[TrajectoryGroup], split: str) -> list[dict]:
                     "uid": group.prompt.uid,
                     "prompt": list(group.prompt.messages),
                     "completion": t.final_text,
+                    "turns": list(t.texts) if len(t.texts) > 1 else None,
                     "answer": parse_completion(t.final_text, thinking=group.thinking).content,
                     "score": t.reward,
                     "info": dict(t.info),
@@ -110,6 +115,9 @@ def score_groups_of(domain: str, thinking: bool, groups: Sequence[TrajectoryGrou
         response_length=statistics.fmean(t.model_tokens for t in flat) if flat else 0.0,
         stderr=statistics.stdev(per_prompt) / math.sqrt(n) if n > 1 else 0.0,
         split=split,
+        turns=statistics.fmean(len(t.turns) for t in flat) if flat else 0.0,
+        tool_errors=statistics.fmean(float(t.info.get("tool_errors", 0)) for t in flat) if flat else 0.0,
+        env_failures=sum(t.failed for t in flat),
     )
 
 
@@ -128,10 +136,12 @@ def evaluate_prompts(
     params = _params(config, tokenizer)
     reward_fn = reward_fn or VerifierReward(workers=config.reward_workers)
     encode = PromptEncoder(tokenizer, thinking)
+    budget = Budget(config.max_turns, config.max_context_tokens)
+    runner = EpisodeRunner(generator, tokenizer, thinking, budget, config.envs)
     per_call = max(1, config.batch_size // params.n)
     groups: list[TrajectoryGroup] = []
     for start in range(0, len(prompts), per_call):
-        batch = run_episodes(prompts[start : start + per_call], generator, tokenizer, params, encode)
+        batch = runner.run(prompts[start : start + per_call], encode, params)
         groups.extend(with_rewards(batch, reward_fn))
     if samples_file is not None:
         samples_file.parent.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,11 @@ def _evaluate_into(
             counts={s["key"]: s["prompts"] * s["samples"] for s in test},
             errors={s["key"]: s["stderr"] for s in test if "stderr" in s},
             validation={s["key"]: s["avg"] for s in scores if s.get("split", TEST) != TEST},
+            episodes={
+                s["key"]: {"turns": s["turns"], "tool_errors": s["tool_errors"]}
+                for s in test
+                if s.get("turns", 1.0) > 1.0 or s.get("tool_errors", 0.0) > 0
+            },
             wall_time=wall,
         )
     )

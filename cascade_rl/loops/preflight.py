@@ -16,6 +16,7 @@ from cascade_rl.config import DataConfig, EvalConfig, MOPDStage, PipelineConfig,
 from cascade_rl.data.build import prompts_for
 from cascade_rl.data.sources import DataSourceError
 from cascade_rl.data.tasks import get_task
+from cascade_rl.envs import env_class
 from cascade_rl.logging import console
 from cascade_rl.rewards import SpecError, check_spec
 from cascade_rl.rewards.reward_fn import REWARD_FNS
@@ -34,16 +35,27 @@ def _load(config: DataConfig, split: str, where: str, problems: list[str]) -> li
         return []
 
 
+def _check_prompt(prompt: Prompt) -> None:
+    """The prompt's environment exists and takes its spec; a spec its environment does not score needs a verifier."""
+    env = env_class(prompt.env)
+    if hasattr(env, "check_spec"):
+        env.check_spec(prompt.spec)
+    if not getattr(env, "rewards_itself", False):
+        check_spec(prompt.spec)
+
+
 def _check_specs(prompts: Iterable[Prompt], where: str, problems: list[str]) -> set[str]:
-    """Validate every spec (reporting the first bad one of the source); returns the spec types seen."""
+    """Validate every prompt (reporting the first bad one of the source); returns the spec types seen."""
     kinds: set[str] = set()
     for p in prompts:
         try:
-            check_spec(p.spec)
-        except SpecError as exc:
+            _check_prompt(p)
+        except (SpecError, ValueError) as exc:
             problems.append(f"{where}: prompt {p.uid}: {exc}")
             break
         kinds.add(p.spec["type"])
+        if p.env == "python_tool":
+            kinds.add("code")  # the model runs code through the tool: the sandbox must be fit for it
     return kinds
 
 

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field, replace
 
 from transformers import PreTrainedTokenizerBase
 
-from cascade_rl.chat import encode_prompt, parse_completion
+from cascade_rl.chat import encode_prompt
 from cascade_rl.config import RLStage
 from cascade_rl.engines.base import Generator, SamplingParams
-from cascade_rl.envs import Env, make_env
+from cascade_rl.envs import env_class
+from cascade_rl.loops.episodes import Budget, EpisodeRunner
 from cascade_rl.rewards.reward_fn import RewardFn, score_groups
-from cascade_rl.types import Completion, Prompt, Trajectory, TrajectoryGroup
+from cascade_rl.types import Prompt, Trajectory, TrajectoryGroup
 
 
 @dataclass
@@ -57,77 +58,25 @@ class PromptEncoder:
         return self._ids[id(prompt)][1]
 
 
-def _trajectory(prompt_ids: list[int], completion: Completion, text: str, domain: str) -> Trajectory:
-    n_prompt, n = len(prompt_ids), len(completion.tokens)
-    return Trajectory(
-        tokens=tuple(prompt_ids) + tuple(completion.tokens),
-        loss_mask=(0,) * n_prompt + (1,) * n,
-        behaviour_logprobs=(0.0,) * n_prompt + tuple(completion.logprobs),
-        turns=((n_prompt, n_prompt + n),),
-        texts=(text,),
-        truncated=completion.finish_reason == "length",
-        domain=domain,
-        policy_version=completion.policy_version,
-    )
-
-
-def run_episodes(
-    prompts: Sequence[Prompt],
-    generator: Generator,
-    tokenizer: PreTrainedTokenizerBase,
-    params: SamplingParams,
-    encode: PromptEncoder,
-    *,
-    env: str = "single_turn",
-    first_index: int = 0,
-) -> list[TrajectoryGroup]:
-    """``params.n`` episodes per prompt, every first turn in one batched ``generate`` call; rewards not yet set.
-
-    Every episode gets its own environment; the n episodes of a prompt start from the same
-    conversation (an environment's ``reset`` is a function of its prompt), so the prompt is encoded
-    and prefilled once.
-    """
-    envs: list[list[Env]] = [[make_env(env, p) for _ in range(params.n)] for p in prompts]
-    try:
-        ids = [encode(p, e[0].reset()) for p, e in zip(prompts, envs, strict=True)]
-        completions = generator.generate(ids, params)
-        groups = []
-        for g, (prompt, prompt_ids, episodes, samples) in enumerate(zip(prompts, ids, envs, completions, strict=True)):
-            trajectories = []
-            for episode, completion in zip(episodes, samples, strict=True):
-                text = tokenizer.decode(list(completion.tokens), skip_special_tokens=False)
-                result = episode.step(parse_completion(text, thinking=encode.thinking))
-                if not result.done:
-                    raise NotImplementedError(f"environment {env!r} asked for another turn")
-                trajectory = _trajectory(prompt_ids, completion, text, prompt.domain)
-                if result.reward is not None or result.info:
-                    trajectory = replace(trajectory, reward=result.reward or 0.0, info=dict(result.info))
-                trajectories.append(trajectory)
-            groups.append(TrajectoryGroup(prompt, tuple(trajectories), first_index + g, encode.thinking))
-        return groups
-    finally:
-        for episode in (e for row in envs for e in row):
-            episode.close()
-
-
 def with_rewards(groups: Sequence[TrajectoryGroup], reward_fn: RewardFn) -> list[TrajectoryGroup]:
-    """Groups with every trajectory's reward (and its verdict's info) from the stage's reward function."""
-    results = score_groups(reward_fn, groups)
-    return [
-        replace(
-            group,
-            trajectories=tuple(
-                replace(t, reward=r.score, info={**t.info, **r.info})
-                for t, r in zip(group.trajectories, rs, strict=True)
-            ),
-        )
-        for group, rs in zip(groups, results, strict=True)
-    ]
+    """Groups with every trajectory's reward (and its verdict's info) from the stage's reward function.
+
+    Groups of an environment that scores its own episodes (``rewards_itself``) keep the environment's
+    rewards; an episode of theirs that ended on a budget, before the environment could score it, has 0.
+    """
+    pending = [i for i, g in enumerate(groups) if not getattr(env_class(g.prompt.env), "rewards_itself", False)]
+    out = list(groups)
+    for i, results in zip(pending, score_groups(reward_fn, [groups[i] for i in pending]), strict=True):
+        scored = zip(groups[i].trajectories, results, strict=True)
+        trajectories = tuple(replace(t, reward=r.score, info={**t.info, **r.info}) for t, r in scored)
+        out[i] = replace(groups[i], trajectories=trajectories)
+    return out
 
 
 def counted(trajectory: Trajectory, overlong_filtering: bool) -> bool:
-    """Whether a trajectory enters the loss and its group's statistics (a truncated one may not)."""
-    return not (overlong_filtering and trajectory.truncated)
+    """Whether a trajectory enters the loss and its group's statistics: a failed one never, a truncated one
+    not under overlong filtering."""
+    return not trajectory.failed and not (overlong_filtering and trajectory.truncated)
 
 
 def has_signal(group: TrajectoryGroup, overlong_filtering: bool) -> bool:
@@ -146,9 +95,12 @@ class Rollouts:
     reward_fn: RewardFn
     filter_constant_groups: bool
     encode: PromptEncoder = field(init=False)
+    episodes: EpisodeRunner = field(init=False)
 
     def __post_init__(self) -> None:
         self.encode = PromptEncoder(self.tokenizer, self.stage.thinking)
+        budget = Budget(self.stage.max_turns, self.stage.max_context_tokens)
+        self.episodes = EpisodeRunner(self.generator, self.tokenizer, self.stage.thinking, budget, self.stage.envs)
 
     def params(self, rng: random.Random) -> SamplingParams:
         stage = self.stage
@@ -177,7 +129,7 @@ class Rollouts:
             prompts = self.pool.sample(stage.prompts_per_step - len(kept), rng)
             params = self.params(rng)
             t0 = time.perf_counter()
-            groups = run_episodes(prompts, self.generator, self.tokenizer, params, self.encode, first_index=produced)
+            groups = self.episodes.run(prompts, self.encode, params, first_index=produced)
             produced += len(groups)
             gen_time += time.perf_counter() - t0
             for group in with_rewards(groups, self.reward_fn):
@@ -208,6 +160,9 @@ def rollout_stats(trajectories: Sequence[Trajectory]) -> dict[str, float]:
         "pass_rate": statistics.fmean(t.reward >= 1.0 for t in trajectories),
         "response_length": statistics.fmean(t.model_tokens for t in trajectories),
         "truncation_rate": statistics.fmean(t.truncated for t in trajectories),
+        "turns": statistics.fmean(len(t.turns) for t in trajectories),
+        "tool_errors": statistics.fmean(float(t.info.get("tool_errors", 0)) for t in trajectories),
+        "env_failures": float(sum(t.failed for t in trajectories)),
     }
     by_domain: dict[str, list[float]] = defaultdict(list)
     for t in trajectories:
