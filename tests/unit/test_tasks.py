@@ -13,7 +13,8 @@ from cascade_rl.data.tasks import SPLITS, TASKS, Problem, Task, assistant_text, 
 from cascade_rl.data.tasks.base import argument_text
 from cascade_rl.data.tasks.instruct import ADVANCED
 
-DOMAINS = ("math", "instruct", "mcqa", "tool_call", "json_schema", "code")
+DOMAINS = ("math", "instruct", "mcqa", "tool_call", "json_schema", "code")  # single-turn, judged by a verifier
+AGENTIC = ("workplace", "tir_math", "code_tool")  # multi-turn episodes with tools (their own test files)
 DIFFICULTIES = (0, 1, 2)
 
 
@@ -22,8 +23,8 @@ def _texts(problems: list[Problem]) -> set[str]:
 
 
 def test_registry_has_every_domain():
-    assert set(TASKS) == set(DOMAINS)
-    for name in DOMAINS:
+    assert set(TASKS) == set(DOMAINS) | set(AGENTIC)
+    for name in (*DOMAINS, *AGENTIC):
         task = get_task(name)
         assert isinstance(task, Task)
         assert task.name == name
@@ -40,17 +41,22 @@ def test_splits_are_deterministic_and_seeded(domain):
     assert make_split(domain, "test", 5, seed=3) == make_split(domain, "test", 12, seed=3)[:5]
 
 
-@pytest.mark.parametrize("domain", DOMAINS)
+@pytest.mark.parametrize("domain", DOMAINS + AGENTIC)
 @pytest.mark.parametrize("difficulty", DIFFICULTIES)
 def test_splits_are_disjoint(domain, difficulty):
     """SFT, RL, validation and test never share a prompt text; train is sft and rl together."""
-    texts = {s: _texts(make_split(domain, s, 150, seed=0, difficulty=difficulty)) for s in SPLITS}
+    n = 40 if domain in AGENTIC else 150  # multi-turn problems are played through their environment: slower
+    texts = {s: _texts(make_split(domain, s, n, seed=0, difficulty=difficulty)) for s in SPLITS}
     parts = ("sft", "rl", "validation", "test")
+    key = "code" if domain == "code_tool" else domain  # a code_tool problem splits with its code problem
+    texts = {
+        s: {t.removesuffix(" You can run Python to test it before you answer.") for t in ts} for s, ts in texts.items()
+    }
     for i, a in enumerate(parts):
-        assert all(split_of(domain, t) == a for t in texts[a])
+        assert all(split_of(key, t) == a for t in texts[a])
         for b in parts[i + 1 :]:
             assert not texts[a] & texts[b], (a, b)
-    assert {split_of(domain, t) for t in texts["train"]} <= {"sft", "rl"}
+    assert {split_of(key, t) for t in texts["train"]} <= {"sft", "rl"}
     # different seeds draw different problems but can never cross a split
     assert not _texts(make_split(domain, "train", 200, seed=7, difficulty=difficulty)) & texts["test"]
 

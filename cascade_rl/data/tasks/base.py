@@ -7,6 +7,7 @@ with ``spec``; ``reasoning`` is a short trace used as ``reasoning_content`` in t
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -35,6 +36,13 @@ class Problem:
     reasoning: str
     tools: tuple[dict[str, Any], ...] | None = None
     tool_calls: tuple[dict[str, Any], ...] = ()
+    env: str = "single_turn"
+    # multi-turn problems: the reference episode after the prompt (assistant turns with tool calls,
+    # tool responses, the final answer); an assistant turn's "reasoning" is its think block in thinking mode
+    trace: tuple[dict[str, Any], ...] = ()
+    # (domain, text) that decide the split, when they are not this problem's own: a variant of another
+    # domain's problem splits with it, so that problem is never trained in one domain and tested in the other
+    split_key: tuple[str, str] | None = None
 
     @property
     def user_text(self) -> str:
@@ -54,14 +62,25 @@ class Problem:
         return message
 
     def sft_record(self, thinking: bool) -> dict[str, Any]:
-        """A chat-format SFT sample: the prompt messages followed by the reference assistant turn."""
-        messages = [dict(m) for m in self.messages] + [self.assistant_message(thinking)]
+        """A chat-format SFT sample: the prompt messages followed by the reference assistant turn(s)."""
+        reply = [_traced(m, thinking) for m in self.trace] if self.trace else [self.assistant_message(thinking)]
+        messages = [dict(m) for m in self.messages] + reply
         tools = [json.loads(json.dumps(t)) for t in self.tools] if self.tools else None
         return {"messages": messages, "tools": tools, "domain": self.domain}
 
     def to_prompt(self) -> Prompt:
         """The RL / evaluation view of this problem."""
-        return Prompt(messages=self.messages, spec=self.spec, domain=self.domain, tools=self.tools, uid=self.uid)
+        return Prompt(
+            messages=self.messages, spec=self.spec, domain=self.domain, tools=self.tools, uid=self.uid, env=self.env
+        )
+
+
+def _traced(message: dict[str, Any], thinking: bool) -> dict[str, Any]:
+    """A trace message as the chat format takes it: an assistant turn's reasoning only in thinking mode."""
+    out = {k: copy.deepcopy(v) for k, v in message.items() if k != "reasoning"}
+    if thinking and message.get("role") == "assistant" and message.get("reasoning"):
+        out["reasoning_content"] = message["reasoning"]
+    return out
 
 
 @runtime_checkable

@@ -26,7 +26,9 @@ from cascade_rl.data.tasks.instruct import InstructTask
 from cascade_rl.data.tasks.json_schema import JsonSchemaTask
 from cascade_rl.data.tasks.math_problems import MathTask
 from cascade_rl.data.tasks.mcqa import McqaTask
+from cascade_rl.data.tasks.tir import CodeToolTask, TirMathTask
 from cascade_rl.data.tasks.tool_call import ToolCallTask
+from cascade_rl.data.tasks.workplace import WorkplaceTask
 
 Split = Literal["sft", "rl", "train", "validation", "test"]
 SPLITS: tuple[str, ...] = ("sft", "rl", "train", "validation", "test")
@@ -41,7 +43,18 @@ MAX_DUPLICATE_RUN = 200
 MAX_DRAWS_PER_PROBLEM = 2000  # a generator that never reaches a split is a bug, not a slow draw
 
 TASKS: dict[str, Task] = {
-    task.name: task for task in (MathTask(), InstructTask(), McqaTask(), ToolCallTask(), JsonSchemaTask(), CodeTask())
+    task.name: task
+    for task in (
+        MathTask(),
+        InstructTask(),
+        McqaTask(),
+        ToolCallTask(),
+        JsonSchemaTask(),
+        CodeTask(),
+        WorkplaceTask(),
+        TirMathTask(),
+        CodeToolTask(),
+    )
 }
 
 
@@ -84,7 +97,7 @@ def make_split(domain: str, split: Split, n: int, *, seed: int = 0, difficulty: 
             raise RuntimeError(f"{domain} d{difficulty}: could not draw {n} {split} problems")
         problem = task.generate(rng, difficulty)
         text = problem.user_text
-        if not in_split(domain, text, split):
+        if not in_split(*(problem.split_key or (domain, text)), split):
             continue
         if text in seen and not exhausted:
             duplicate_run += 1
