@@ -40,6 +40,15 @@ def _options(
         torch.set_num_threads(threads)
 
 
+def _run_errors() -> tuple[type[Exception], ...]:
+    """The errors a run ends with on purpose: said in one line, never as a traceback (imported when one happens)."""
+    from cascade_rl.loops.common import CheckpointWriteError, NonFiniteTrainingError
+    from cascade_rl.loops.pipeline import RecipeMismatchError
+    from cascade_rl.loops.preflight import PreflightError
+
+    return RecipeMismatchError, PreflightError, CheckpointWriteError, NonFiniteTrainingError
+
+
 def _fail(message: str) -> None:
     console.print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(2)
@@ -89,13 +98,12 @@ def run(recipe: Path, overrides: Overrides = None) -> None:
 
     RECIPE is a YAML file or the name of a shipped recipe (tiny-cascade, smollm2-cascade, nemotron-cascade-2).
     """
-    from cascade_rl.loops.pipeline import RecipeMismatchError, run_pipeline
-    from cascade_rl.loops.preflight import PreflightError
+    from cascade_rl.loops.pipeline import run_pipeline
 
     config = _config(recipe, overrides)
     try:
         result = run_pipeline(config)
-    except (RecipeMismatchError, PreflightError) as exc:
+    except _run_errors() as exc:
         _fail(str(exc))
     _print_result(result)
 
@@ -138,7 +146,10 @@ def sft(
     from cascade_rl.loops.sft import run_sft
 
     config, st, run_dir = _single_stage(recipe, overrides, ("sft",), stage, resume)
-    out = run_sft(st, _backend(config), config.model.spec, run_dir)
+    try:
+        out = run_sft(st, _backend(config), config.model.spec, run_dir)
+    except _run_errors() as exc:
+        _fail(str(exc))
     console.print(f"model: {out}", highlight=False)
 
 
@@ -160,7 +171,10 @@ def rl(
     config, st, run_dir = _single_stage(recipe, overrides, ("rl", "mopd"), stage, resume)
     backend = _backend(config)
     router = _explicit_teachers(st, backend) if isinstance(st, MOPDStage) else None
-    out = run_rl(st, backend, config.model.spec, run_dir, teachers=router)
+    try:
+        out = run_rl(st, backend, config.model.spec, run_dir, teachers=router)
+    except _run_errors() as exc:
+        _fail(str(exc))
     console.print(f"model: {out}", highlight=False)
 
 
@@ -287,13 +301,11 @@ def demo(
 ) -> None:
     """The miniature Nemotron-Cascade 2 on procedural domains, end to end on a laptop CPU."""
     from cascade_rl.demo import run_demo
-    from cascade_rl.loops.pipeline import RecipeMismatchError
-    from cascade_rl.loops.preflight import PreflightError
 
     started = time.perf_counter()
     try:
         run_demo(_config(recipe, overrides), started)
-    except (RecipeMismatchError, PreflightError) as exc:
+    except _run_errors() as exc:
         _fail(str(exc))
 
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from cascade_rl.files import write_text_atomic
+
 
 class ConfigError(ValueError):
     """A recipe that does not validate; the message names the file, the field path and the problem."""
@@ -99,6 +101,9 @@ class _Stage(Frozen):
     )
     save_every: int = Field(25, ge=1, description="checkpoint every N steps")
     keep_last: int | None = Field(2, ge=1, description="checkpoints kept (newest); None keeps every one")
+    max_nonfinite_steps: int = Field(
+        3, ge=1, description="consecutive steps with a NaN / inf loss or gradient (each not applied) that stop the run"
+    )
     seed: int = Field(0, description="data order / prompt and sampling seed")
 
     OPTIM_DEFAULTS: ClassVar[dict[str, Any]] = SFT_OPTIM
@@ -343,7 +348,10 @@ def load_config(
         try:
             tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"{where}: not valid YAML: {problem}") from None
         name = str(path)
     for item in overrides:
         if "=" not in item:
@@ -359,4 +367,4 @@ def load_config(
 def dump_config(config: Frozen, path: Path) -> None:
     """Write the resolved recipe (every default made explicit) so a run can be reproduced from its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+    write_text_atomic(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

@@ -35,6 +35,9 @@ def sft_records(
             records, stat = _task_records(config)
         else:
             records, stat = read_records(Path(config.path or ""), on_error=config.on_error)
+            if not records:  # an empty source is a mistake to report, not a source to blend silently away
+                detail = f"all {stat.read} records were malformed and skipped" if stat.read else "it holds no records"
+                raise DataSourceError(f"{config.path}: no usable SFT records ({detail})")
             if config.domain:
                 records = [Record(r.messages, r.tools, config.domain) for r in records]
         per_source.append(records)
@@ -64,6 +67,7 @@ def _file_prompts(config: DataConfig) -> list[Prompt]:
                 for key, value in (("domain", domain), ("env", env)):
                     if value is not None and (not isinstance(value, str) or not value):
                         raise ValueError(f"'{key}' must be a non-empty string, got {value!r}")
+                check_prompt_spec(spec, config.env or env or "single_turn")
             except (UnicodeDecodeError, ValueError, KeyError) as exc:
                 reason = f"missing {exc}" if isinstance(exc, KeyError) else str(exc)
                 if config.on_error == "raise":
@@ -80,6 +84,9 @@ def _file_prompts(config: DataConfig) -> list[Prompt]:
                     env=config.env or env or "single_turn",
                 )
             )
+    if not prompts:
+        detail = f"all {len(skipped)} lines were malformed and skipped" if skipped else "it holds no records"
+        raise DataSourceError(f"{path}: no usable prompts ({detail})")
     if skipped:
         console.print(
             f"{path}: {len(prompts)} prompts used, {len(skipped)} malformed lines skipped (first: {skipped[0]})",
@@ -88,6 +95,21 @@ def _file_prompts(config: DataConfig) -> list[Prompt]:
             soft_wrap=True,
         )
     return prompts
+
+
+def check_prompt_spec(spec: dict, env: str) -> None:
+    """The environment exists and takes the spec; a spec it does not score itself needs a verifier.
+
+    Raises ``ValueError`` (``SpecError`` for spec problems) naming what is wrong.
+    """
+    from cascade_rl.envs import env_class
+    from cascade_rl.rewards import check_spec
+
+    factory = env_class(env)
+    if hasattr(factory, "check_spec"):
+        factory.check_spec(spec)
+    if not getattr(factory, "rewards_itself", False):
+        check_spec(spec)
 
 
 def resolve_domain(config: DataConfig, record_domain: str | None = None) -> str:

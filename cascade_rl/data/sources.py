@@ -292,7 +292,14 @@ def _parquet_rows(path: Path) -> Iterator[_Row]:
     except Exception as err:  # pyarrow raises several types for a corrupt / non-parquet file
         raise DataSourceError(f"{path}: not a readable parquet file ({err})") from err
     row = 0
-    for batch in parquet.iter_batches(batch_size=1024):
+    batches = parquet.iter_batches(batch_size=1024)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as err:  # a truncated or damaged row group: name where reading stopped
+            raise DataSourceError(f"{path}:row {row}: the parquet file is damaged from here on ({err})") from err
         for obj in batch.to_pylist():
             yield f"{path}:row {row}", obj, None
             row += 1

@@ -91,7 +91,8 @@ class Policy(Scorer, Protocol):
         ...
 
     def optim_step(self) -> dict[str, float]:
-        """Apply the accumulated gradients (or, with none, only advance the schedule) and clear them."""
+        """Apply the accumulated gradients and clear them. With none, only the schedule advances
+        (``skipped_update``); a non-finite gradient norm is not applied either (``nonfinite_update``)."""
         ...
 
     def save(self, path: Path) -> None:

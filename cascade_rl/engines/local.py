@@ -330,18 +330,25 @@ class LocalPolicy(LocalScorer):
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         lr = self.scheduler.get_last_lr()[0]
         if all(p.grad is None for p in params):  # nothing was trained this step; the schedule keeps its pace
-            with warnings.catch_warnings():  # torch warns when the schedule moves before any optimizer step
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
-                self.scheduler.step()
+            self._advance_schedule()
             return {"skipped_update": 1.0, "lr": lr}
         if self.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         else:
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
+        if not torch.isfinite(norm):  # a NaN / inf loss or gradient: not applied (the weights stay finite)
+            self.optimizer.zero_grad(set_to_none=True)
+            self._advance_schedule()
+            return {"nonfinite_update": 1.0, "lr": lr}
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"grad_norm": float(norm), "lr": lr}
+
+    def _advance_schedule(self) -> None:
+        with warnings.catch_warnings():  # torch warns when the schedule moves before any optimizer step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+            self.scheduler.step()
 
     def save(self, path: Path) -> None:
         from cascade_rl.model.load import save

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cascade_rl.files import write_text_atomic
+
 FORGETTING_TOLERANCE = 0.02  # drops smaller than this are evaluation noise, not forgetting
 NOISE_Z = 2.0  # where errors are known, a drop must also exceed this many standard errors of the difference
 
@@ -132,10 +134,8 @@ class Ledger:
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "ledger.json.tmp"
-        tmp.write_text(json.dumps(self.to_json(), indent=2))
-        tmp.replace(folder / "ledger.json")
-        (folder / "ledger.md").write_text(self.to_markdown() + "\n")
+        write_text_atomic(folder / "ledger.json", json.dumps(self.to_json(), indent=2))
+        write_text_atomic(folder / "ledger.md", self.to_markdown() + "\n")
 
     @classmethod
     def load(cls, folder: Path) -> Ledger:

@@ -28,8 +28,9 @@ from cascade_rl.data.build import prompt_domains
 from cascade_rl.engines.backend import Backend, build_backend, resolve_dtype
 from cascade_rl.eval.ledger import BASE, Ledger, LedgerRow, best_overall, choose_teachers
 from cascade_rl.eval.runner import TEST, evaluate, scores_to_json
+from cascade_rl.files import write_text_atomic
 from cascade_rl.logging import MetricsLogger, console
-from cascade_rl.loops.common import is_finished
+from cascade_rl.loops.common import check_writable, is_finished
 from cascade_rl.loops.objectives import TeacherRouter
 from cascade_rl.loops.preflight import preflight
 from cascade_rl.loops.rl import run_rl
@@ -91,9 +92,7 @@ def _evaluate_into(
             samples_file=stage_dir / "samples.jsonl",
             label=f"eval:{name}",
         )
-        tmp = result_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(scores_to_json(scores), indent=2))
-        tmp.replace(result_file)
+        write_text_atomic(result_file, json.dumps(scores_to_json(scores), indent=2))
     scores = json.loads(result_file.read_text())
     test = [s for s in scores if s.get("split", TEST) == TEST]
     ledger.add(
@@ -186,7 +185,7 @@ def _run_stage(
             router, teachers_used[stage.name] = build_teachers(stage, config, ledger, backend)
             used = teachers_used[stage.name]
             _check_tokenizer(current, [*used["domains"].values(), *([used["default"]] if used["default"] else [])])
-            (run_dir / "teachers.json").write_text(json.dumps(teachers_used, indent=2))
+            write_text_atomic(run_dir / "teachers.json", json.dumps(teachers_used, indent=2))
         run_rl(stage, backend, current, stage_dir, teachers=router, logger=logger)
 
 
@@ -196,7 +195,7 @@ def run_pipeline(config: PipelineConfig, backend: Backend | None = None) -> Pipe
     from cascade_rl.rewards.sandbox import set_min_isolation
 
     run_dir = Path(config.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)
     _check_recipe(config, run_dir)
     set_min_isolation(config.sandbox.min_isolation)
     preflight(config)

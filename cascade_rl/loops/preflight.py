@@ -13,12 +13,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cascade_rl.config import DataConfig, EvalConfig, MOPDStage, PipelineConfig, RLStage, SFTStage
-from cascade_rl.data.build import prompts_for
+from cascade_rl.data.build import check_prompt_spec, prompts_for
 from cascade_rl.data.sources import DataSourceError
 from cascade_rl.data.tasks import get_task
-from cascade_rl.envs import env_class
 from cascade_rl.logging import console
-from cascade_rl.rewards import SpecError, check_spec
+from cascade_rl.rewards import SpecError
 from cascade_rl.rewards.reward_fn import REWARD_FNS
 from cascade_rl.types import Prompt
 
@@ -35,21 +34,12 @@ def _load(config: DataConfig, split: str, where: str, problems: list[str]) -> li
         return []
 
 
-def _check_prompt(prompt: Prompt) -> None:
-    """The prompt's environment exists and takes its spec; a spec its environment does not score needs a verifier."""
-    env = env_class(prompt.env)
-    if hasattr(env, "check_spec"):
-        env.check_spec(prompt.spec)
-    if not getattr(env, "rewards_itself", False):
-        check_spec(prompt.spec)
-
-
 def _check_specs(prompts: Iterable[Prompt], where: str, problems: list[str]) -> set[str]:
     """Validate every prompt (reporting the first bad one of the source); returns the spec types seen."""
     kinds: set[str] = set()
     for p in prompts:
         try:
-            _check_prompt(p)
+            check_prompt_spec(p.spec, p.env)
         except (SpecError, ValueError) as exc:
             problems.append(f"{where}: prompt {p.uid}: {exc}")
             break

@@ -16,7 +16,7 @@ from cascade_rl.data.build import prompts_for
 from cascade_rl.engines.backend import Backend, ModelSource
 from cascade_rl.engines.base import Policy, Scorer, TrainBatch
 from cascade_rl.logging import MetricsLogger, progress_bar
-from cascade_rl.loops.common import checkpoint, resume, save_final, set_seed
+from cascade_rl.loops.common import NonFiniteGuard, checkpoint, resume, save_final, set_seed
 from cascade_rl.loops.objectives import OBJECTIVES, Objective, ObjectiveSettings, TeacherRouter, per_domain_means
 from cascade_rl.loops.rollout import PromptPool, Rollouts
 from cascade_rl.rewards.reward_fn import RewardContext, build_reward
@@ -86,6 +86,7 @@ def run_rl(
     first = resume(run_dir, policy, stage.name, stage.steps)
     generator.sync(policy, first)
     rollouts = Rollouts(stage, pool, generator, tokenizer, reward_fn, objective.filters_constant_groups)
+    guard = NonFiniteGuard(stage.name, stage.max_nonfinite_steps, run_dir)
     own_logger = logger is None
     logger = logger or MetricsLogger(run_dir)
     try:
@@ -95,6 +96,7 @@ def run_rl(
                 t0 = time.perf_counter()
                 groups, metrics = rollouts.collect(step)
                 metrics |= update(policy, objective, groups, stage, reference)
+                guard.check(metrics, step + 1)
                 generator.sync(policy, step + 1)
                 metrics["step_time"] = time.perf_counter() - t0
                 logger.log(metrics, step + 1, stage=stage.name)

@@ -22,7 +22,7 @@ from cascade_rl.data.sources import apply_length_policy, domain_token_report, fo
 from cascade_rl.engines.backend import Backend, ModelSource
 from cascade_rl.engines.base import TrainBatch, TrainSequence
 from cascade_rl.logging import MetricsLogger, console, progress_bar
-from cascade_rl.loops.common import checkpoint, resume, save_final, set_seed
+from cascade_rl.loops.common import NonFiniteGuard, checkpoint, resume, save_final, set_seed
 
 
 def build_samples(stage: SFTStage, tokenizer: PreTrainedTokenizerBase) -> tuple[list[TrainSequence], str]:
@@ -84,6 +84,7 @@ def run_sft(
     plan = step_plan(samples, stage)
     policy = backend.policy(start, stage.optim, len(plan), microbatch_tokens=stage.pack_length)
     first = resume(run_dir, policy, stage.name, len(plan))
+    guard = NonFiniteGuard(stage.name, stage.max_nonfinite_steps, run_dir)
     own_logger = logger is None
     logger = logger or MetricsLogger(run_dir)
     try:
@@ -96,6 +97,7 @@ def run_sft(
                 batch = TrainBatch(seqs, num_tokens=num_tokens, num_sequences=len(seqs))
                 metrics = policy.forward_backward(batch, "nll")
                 metrics |= policy.optim_step()
+                guard.check(metrics, step + 1)
                 elapsed = time.perf_counter() - t0
                 metrics |= {
                     "loss": metrics["nll_sum"] / max(num_tokens, 1.0),

@@ -249,7 +249,7 @@ def test_yaml_file_errors_name_the_file(tmp_path):
     assert error_lines(tmp_path / "missing.yaml") == [f"recipe not found: {tmp_path / 'missing.yaml'}"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("stages: [\n")
-    assert error_lines(bad)[0].startswith(f"{bad}: not valid YAML")
+    assert error_lines(bad) == [f"{bad}:2:1: not valid YAML: expected the node content, but found '<stream end>'"]
     typo = tmp_path / "typo.yaml"
     typo.write_text("stages:\n  - type: sft\n    data: [{task: math}]\n    epoch: 2\n")
     assert error_lines(typo) == [f"{typo}: stages.0.epoch: Extra inputs are not permitted"]

@@ -36,7 +36,7 @@ def test_late_stage_problems_stop_the_run_before_stage_one(tmp_path):
     lines = str(info.value).splitlines()
     assert lines[0] == "the recipe cannot run:"
     # the spec without a verifier, named by file and line (the prompt's id) ...
-    assert lines[1].startswith("  stages.1 (rl).prompts.0: prompt prompts.jsonl:2: unknown reward spec type 'poem'")
+    assert lines[1].startswith(f"  stages.1 (rl).prompts.0: {prompts}:2: unknown reward spec type 'poem'")
     # ... and the MOPD domain that no ledger column will score, both found before any work
     assert "stages.2 (mopd): MOPD domain 'mcqa' has no teacher" in lines[2] and "evaluated domains: math" in lines[2]
     assert not (tmp_path / "run" / "base").exists()
