@@ -84,12 +84,12 @@ def throughput(backend: LocalBackend, folder: Path, prompts: int) -> tuple[float
     agentic = prompts_for(DataConfig(task="workplace", n=prompts), "rl")
     runner = EpisodeRunner(generator, tokenizer, False, Budget(max_turns=MAX_TURNS))
     started = time.perf_counter()
-    groups = runner.run(agentic, PromptEncoder(tokenizer, False), params)
+    groups = runner.run(agentic, PromptEncoder(tokenizer), params)
     turns = sum(len(t.turns) for g in groups for t in g.trajectories) / (time.perf_counter() - started)
     single = prompts_for(DataConfig(task="tool_call", n=prompts), "rl")
-    encode = PromptEncoder(tokenizer, False)
+    encode = PromptEncoder(tokenizer)
     started = time.perf_counter()
-    generator.generate([encode(p, p.messages) for p in single], params)
+    generator.generate([encode(p, p.messages, False) for p in single], params)
     completions = len(single) * params.n / (time.perf_counter() - started)
     return turns, completions
 

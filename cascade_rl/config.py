@@ -63,6 +63,9 @@ class DataConfig(Frozen):
         "RL prompts, test for evaluation (train = sft and rl together)",
     )
     thinking: Literal["both", "on", "off"] = Field("both", description="which SFT variants a task yields")
+    context_length: int | None = Field(
+        None, ge=64, description="tasks with long inputs (long_context): tokens of context per prompt"
+    )
     weight: float = Field(1.0, ge=0, description="epochs (blend=epochs) or share (blend=ratio)")
     domain: str | None = Field(None, description="domain label for every record of the source (else the record's own)")
     env: str | None = Field(
@@ -153,7 +156,9 @@ class _RolloutStage(_Stage):
     temperature: float = Field(1.0, gt=0, description="sampling temperature (trainer log-probs use the same)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; RL samples the full distribution (1)")
     top_k: int = Field(0, ge=0, description="top-k sampling; RL samples the full distribution (0)")
-    thinking: bool = Field(False, description="thinking-mode generation prompt")
+    thinking: bool | Literal["mixed"] = Field(
+        False, description="thinking-mode generation prompt; mixed: half the prompts each mode (fixed per prompt)"
+    )
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the stage's initial policy (0.03 for RLHF)")
     icepop: tuple[float, float] | None = Field((0.5, 2.0), description="drop tokens with pi_train/pi_inf outside")
     dynamic_filtering: bool = Field(True, description="drop groups whose (finished) rollouts' rewards are all equal")
@@ -231,8 +236,30 @@ class MOPDStage(_RolloutStage):
     OPTIM_DEFAULTS: ClassVar[dict[str, Any]] = MOPD_OPTIM
 
 
-Stage = Annotated[SFTStage | RLStage | MOPDStage, Field(discriminator="type")]
-STAGE_TYPES = ("sft", "rl", "mopd")
+class RewardModelStage(_Stage):
+    """A Bradley-Terry reward model trained on preference pairs; later stages name it as a reward.
+
+    Its folder (an ``AutoModelForSequenceClassification`` with one output) is a reward, not a policy:
+    the next stage starts from the policy before it, and the ledger has no row for it. A later stage
+    refers to it with ``reward: {type: reward_model, args: {model: "stage:<this stage's name>"}}``.
+    """
+
+    type: Literal["reward_model"] = "reward_model"
+    name: str = Field("reward_model", description="stage name: folder and the stage:NAME a reward refers to")
+    data: list[DataConfig] = Field(description="preference pairs: JSONL {prompt, chosen, rejected} or a pair task")
+    eval_data: list[DataConfig] = Field(
+        default_factory=list, description="held-out pairs for pairwise accuracy; tasks default to their test split"
+    )
+    steps: int = Field(200, ge=1, description="optimizer steps")
+    pairs_per_step: int = Field(16, ge=1, description="preference pairs per optimizer step")
+    max_length: int = Field(1024, ge=16, description="tokens of prompt + response at most (longer: truncated)")
+    save_every: int = Field(100, ge=1, description="checkpoint every N steps")
+
+    OPTIM_DEFAULTS: ClassVar[dict[str, Any]] = {"lr": 1e-4, "betas": (0.9, 0.999), "weight_decay": 0.0}
+
+
+Stage = Annotated[SFTStage | RLStage | MOPDStage | RewardModelStage, Field(discriminator="type")]
+STAGE_TYPES = ("sft", "rl", "mopd", "reward_model")
 
 
 class EvalConfig(Frozen):
@@ -265,6 +292,9 @@ class EngineConfig(Frozen):
     decode_batch: int = Field(64, ge=1, description="sequences the rollout generator decodes together")
     layout: Literal["auto", "packed", "padded", "shared_prefix"] = Field(
         "auto", description="trainer rows: auto = packed under FlashAttention, shared_prefix / padded otherwise"
+    )
+    activation_checkpointing: bool = Field(
+        False, description="recompute each decoder layer in backward: activation memory of one layer, not all"
     )
 
 

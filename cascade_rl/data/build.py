@@ -15,11 +15,18 @@ from cascade_rl.logging import console
 from cascade_rl.types import Prompt
 
 
+def task_options(config: DataConfig) -> dict[str, int]:
+    """The data entry's task options (only the ones it sets)."""
+    return {} if config.context_length is None else {"context_length": config.context_length}
+
+
 def _task_records(config: DataConfig) -> tuple[list[Record], SourceStats]:
     assert config.task is not None
     modes = {"both": (True, False), "on": (True,), "off": (False,)}[config.thinking]
     split = config.split or "sft"  # disjoint from the RL prompts, validation and test sets
-    problems = make_split(config.task, split, config.n, seed=config.seed, difficulty=config.difficulty)  # type: ignore[arg-type]
+    problems = make_split(
+        config.task, split, config.n, seed=config.seed, difficulty=config.difficulty, **task_options(config)
+    )  # type: ignore[arg-type]
     records = [validate_record(p.sft_record(thinking)) for p in problems for thinking in modes]
     name = f"task:{config.task}@{config.difficulty}"
     return records, SourceStats(name=name, read=len(records), used=len(records))
@@ -133,7 +140,9 @@ def _prompts_cached(config: DataConfig, split: str, *_file_version: int) -> tupl
     if config.task is None:
         return tuple(_file_prompts(config))
     chosen = config.split or split
-    problems = make_split(config.task, chosen, config.n, seed=config.seed, difficulty=config.difficulty)  # type: ignore[arg-type]
+    problems = make_split(
+        config.task, chosen, config.n, seed=config.seed, difficulty=config.difficulty, **task_options(config)
+    )  # type: ignore[arg-type]
     return tuple(
         dataclasses.replace(p.to_prompt(), domain=resolve_domain(config), env=config.env or p.env) for p in problems
     )

@@ -137,6 +137,7 @@ class LocalBackend:
             layout=self.engine.layout,
             compute_dtype=self.dtype,
             save_dtype=None if self.dtype == torch.float32 else self.dtype,
+            activation_checkpointing=self.engine.activation_checkpointing,
         )
 
     def generator(self, policy: Policy) -> LocalGenerator:

@@ -257,6 +257,7 @@ class LocalPolicy(LocalScorer):
         layout: str = "auto",
         compute_dtype: torch.dtype = torch.float32,
         save_dtype: torch.dtype | None = None,
+        activation_checkpointing: bool = False,
     ) -> None:
         if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
             raise ValueError("LocalPolicy keeps fp32 master weights: load the trained model in float32")
@@ -264,6 +265,7 @@ class LocalPolicy(LocalScorer):
         self.tokenizer = tokenizer
         self.grad_clip = optim.grad_clip
         self.save_dtype = save_dtype
+        self.activation_checkpointing = activation_checkpointing
         # MoE routers that train get the load-balancing loss the CausalLM forward would have added.
         self.router_aux_coef = float(getattr(model.config, "router_aux_loss_coef", 0.0) or 0.0)
         if not any(p.requires_grad for n, p in model.named_parameters() if ".gate." in n or "router" in n):

@@ -135,7 +135,7 @@ def evaluate_prompts(
     """Score prompts in one thinking mode; one ``DomainScore`` per domain the prompts resolve to."""
     params = _params(config, tokenizer)
     reward_fn = reward_fn or VerifierReward(workers=config.reward_workers)
-    encode = PromptEncoder(tokenizer, thinking)
+    encode = PromptEncoder(tokenizer)
     budget = Budget(config.max_turns, config.max_context_tokens)
     runner = EpisodeRunner(generator, tokenizer, thinking, budget, config.envs)
     per_call = max(1, config.batch_size // params.n)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -46,6 +46,7 @@ class Episode:
     prompt: Prompt
     env: Env
     tokens: list[int]
+    thinking: bool = False
     mask: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     turns: list[tuple[int, int]] = field(default_factory=list)
@@ -96,7 +97,16 @@ class Episode:
         )
 
 
-Encoder = Callable[[Prompt, Sequence[dict[str, Any]]], list[int]]  # prompt ids of a conversation
+Encoder = Callable[[Prompt, Sequence[dict[str, Any]], bool], list[int]]  # prompt ids of a conversation, thinking mode
+ThinkingMode = bool | Literal["mixed"]
+
+
+def thinking_for(mode: ThinkingMode, prompt: Prompt) -> bool:
+    """A prompt's thinking mode; ``mixed`` gives half the prompts each mode (fixed per prompt, by its uid)."""
+    if mode == "mixed":
+        key = prompt.uid or repr(prompt.messages)
+        return hashlib.sha256(key.encode("utf-8")).digest()[0] % 2 == 0
+    return bool(mode)
 
 
 def _turn_seed(seed: int, turn: int) -> int:
@@ -110,7 +120,7 @@ class EpisodeRunner:
         self,
         generator: Generator,
         tokenizer: PreTrainedTokenizerBase,
-        thinking: bool,
+        thinking: ThinkingMode,
         budget: Budget = Budget(),
         env_args: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
@@ -126,15 +136,16 @@ class EpisodeRunner:
         try:
             for prompt in prompts:
                 envs = [make_env(prompt.env, prompt, **self.env_args.get(prompt.env, {})) for _ in range(params.n)]
-                ids = encode(prompt, envs[0].reset())  # reset is a function of the prompt: encode it once
-                episodes.append([Episode(prompt, env, list(ids)) for env in envs])
+                thinking = thinking_for(self.thinking, prompt)
+                ids = encode(prompt, envs[0].reset(), thinking)  # reset is a function of the prompt: encode once
+                episodes.append([Episode(prompt, env, list(ids), thinking) for env in envs])
             first = self.generator.generate([row[0].tokens for row in episodes], params)
             for row, samples in zip(episodes, first, strict=True):
                 for episode, completion in zip(row, samples, strict=True):
                     self._took_turn(episode, completion)
             self._continue([e for row in episodes for e in row], params)
             return [
-                TrajectoryGroup(p, tuple(e.trajectory() for e in row), first_index + g, self.thinking)
+                TrajectoryGroup(p, tuple(e.trajectory() for e in row), first_index + g, row[0].thinking)
                 for g, (p, row) in enumerate(zip(prompts, episodes, strict=True))
             ]
         finally:
@@ -167,7 +178,7 @@ class EpisodeRunner:
         if completion.finish_reason == "length":
             return episode.end(truncated=True, reason="turn_tokens")
         try:
-            result = episode.env.step(parse_completion(text, thinking=self.thinking))
+            result = episode.env.step(parse_completion(text, thinking=episode.thinking))
         except Exception as exc:  # the environment itself broke (infrastructure), not the model
             episode.failed = True
             episode.info["env_error"] = repr(exc)[:500]
@@ -181,5 +192,5 @@ class EpisodeRunner:
             return episode.end(reason="env")
         if len(episode.turns) >= self.budget.max_turns:
             return episode.end(truncated=True, reason="max_turns")
-        text = render_continuation(list(result.messages), enable_thinking=self.thinking)
+        text = render_continuation(list(result.messages), enable_thinking=episode.thinking)
         episode.add_observation(self.tokenizer(text, add_special_tokens=False)["input_ids"])

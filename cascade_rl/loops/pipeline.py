@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from cascade_rl.config import EvalConfig, MOPDStage, PipelineConfig, RLStage, SFTStage, dump_config
+from cascade_rl.config import EvalConfig, MOPDStage, PipelineConfig, RewardModelStage, RLStage, SFTStage, dump_config
 from cascade_rl.data.build import prompt_domains
 from cascade_rl.engines.backend import Backend, build_backend, resolve_dtype
 from cascade_rl.eval.ledger import BASE, Ledger, LedgerRow, best_overall, choose_teachers
@@ -164,29 +166,67 @@ def _base_model(config: PipelineConfig, run_dir: Path) -> Path:
     return base_dir
 
 
-def _run_stage(
-    index: int,
-    stage: SFTStage | RLStage | MOPDStage,
-    current: Path,
-    config: PipelineConfig,
-    ledger: Ledger,
-    backend: Backend,
-    teachers_used: dict[str, dict],
-) -> None:
-    run_dir = Path(config.output_dir)
-    stage_dir = run_dir / "stages" / f"{index:02d}-{stage.name}"
-    console.rule(f"stage {index + 1}/{len(config.stages)}: {stage.name} ({stage.type})")
-    with MetricsLogger(stage_dir) as logger:
-        if isinstance(stage, SFTStage):
-            run_sft(stage, backend, current, stage_dir, logger=logger)
-            return
-        router = None
-        if isinstance(stage, MOPDStage):
-            router, teachers_used[stage.name] = build_teachers(stage, config, ledger, backend)
-            used = teachers_used[stage.name]
-            _check_tokenizer(current, [*used["domains"].values(), *([used["default"]] if used["default"] else [])])
-            write_text_atomic(run_dir / "teachers.json", json.dumps(teachers_used, indent=2))
-        run_rl(stage, backend, current, stage_dir, teachers=router, logger=logger)
+@dataclass
+class StageContext:
+    """What a stage runner gets: where it runs, the model it starts from, the run's record so far."""
+
+    index: int
+    stage_dir: Path
+    start: Path
+    config: PipelineConfig
+    ledger: Ledger
+    backend: Backend
+    teachers_used: dict[str, dict]
+    logger: MetricsLogger
+
+
+def _sft(stage: SFTStage, ctx: StageContext) -> None:
+    run_sft(stage, ctx.backend, ctx.start, ctx.stage_dir, logger=ctx.logger)
+
+
+def _rl(stage: RLStage, ctx: StageContext) -> None:
+    run_rl(stage, ctx.backend, ctx.start, ctx.stage_dir, logger=ctx.logger)
+
+
+def _mopd(stage: MOPDStage, ctx: StageContext) -> None:
+    run_dir = Path(ctx.config.output_dir)
+    router, used = build_teachers(stage, ctx.config, ctx.ledger, ctx.backend)
+    ctx.teachers_used[stage.name] = used
+    _check_tokenizer(ctx.start, [*used["domains"].values(), *([used["default"]] if used["default"] else [])])
+    write_text_atomic(run_dir / "teachers.json", json.dumps(ctx.teachers_used, indent=2))
+    run_rl(stage, ctx.backend, ctx.start, ctx.stage_dir, teachers=router, logger=ctx.logger)
+
+
+def _reward_model(stage: RewardModelStage, ctx: StageContext) -> None:
+    from cascade_rl.loops.reward_model import run_reward_model
+
+    run_reward_model(stage, ctx.backend, ctx.start, ctx.stage_dir, logger=ctx.logger)
+
+
+# Stage type -> (runner, whether its output is the policy the next stage starts from and the ledger scores)
+STAGE_RUNNERS: dict[str, tuple[Callable[[Any, StageContext], None], bool]] = {
+    "sft": (_sft, True),
+    "rl": (_rl, True),
+    "mopd": (_mopd, True),
+    "reward_model": (_reward_model, False),  # a reward for later stages, not a policy
+}
+
+
+def stage_dir_of(config: PipelineConfig, index: int) -> Path:
+    return Path(config.output_dir) / "stages" / f"{index:02d}-{config.stages[index].name}"
+
+
+def resolve_stage_refs(stage: Any, config: PipelineConfig) -> Any:
+    """``stage:NAME`` in a stage's reward arguments means the model folder stage NAME wrote (a reward model)."""
+    reward = getattr(stage, "reward", None)
+    if reward is None:
+        return stage
+    names = {s.name: i for i, s in enumerate(config.stages)}
+    args = dict(reward.args)
+    for key, value in reward.args.items():
+        if isinstance(value, str) and value.startswith("stage:"):
+            args[key] = str(stage_dir_of(config, names[value.removeprefix("stage:")]) / "model")
+    return stage.model_copy(update={"reward": reward.model_copy(update={"args": args})})
 
 
 def run_pipeline(config: PipelineConfig, backend: Backend | None = None) -> PipelineResult:
@@ -207,12 +247,18 @@ def run_pipeline(config: PipelineConfig, backend: Backend | None = None) -> Pipe
         ledger.save(run_dir)
     current, teachers_used, times = base_dir, {}, {}
     for index, stage in enumerate(config.stages):
-        stage_dir = run_dir / "stages" / f"{index:02d}-{stage.name}"
+        stage_dir = stage_dir_of(config, index)
         model_dir = stage_dir / "model"
+        runner, is_policy = STAGE_RUNNERS[stage.type]
         started = time.perf_counter()
         if not is_finished(model_dir):
-            _run_stage(index, stage, current, config, ledger, backend, teachers_used)
+            console.rule(f"stage {index + 1}/{len(config.stages)}: {stage.name} ({stage.type})")
+            with MetricsLogger(stage_dir) as logger:
+                ctx = StageContext(index, stage_dir, current, config, ledger, backend, teachers_used, logger)
+                runner(resolve_stage_refs(stage, config), ctx)
         times[stage.name] = time.perf_counter() - started
+        if not is_policy:
+            continue
         if not ledger.has(stage.name):
             _evaluate_into(ledger, backend, stage.name, model_dir, config, stage_dir, times[stage.name])
             ledger.save(run_dir)
@@ -229,6 +275,6 @@ def _plots(config: PipelineConfig, run_dir: Path, ledger: Ledger) -> list[Path]:
     metrics = {
         s.name: run_dir / "stages" / f"{i:02d}-{s.name}" / "metrics.jsonl"
         for i, s in enumerate(config.stages)
-        if s.type != "sft"
+        if s.type in ("rl", "mopd")
     }
     return [ledger_heatmap(ledger, folder / "ledger.png"), reward_curves(metrics, folder / "reward_curves.png")]

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from cascade_rl.config import DataConfig, EvalConfig, MOPDStage, PipelineConfig, RLStage, SFTStage
+from cascade_rl.config import DataConfig, EvalConfig, MOPDStage, PipelineConfig, RewardModelStage, RLStage, SFTStage
 from cascade_rl.data.build import check_prompt_spec, prompts_for
 from cascade_rl.data.sources import DataSourceError
 from cascade_rl.data.tasks import get_task
 from cascade_rl.logging import console
 from cascade_rl.rewards import SpecError
-from cascade_rl.rewards.reward_fn import REWARD_FNS
+from cascade_rl.rewards.reward_fn import reward_types
 from cascade_rl.types import Prompt
 
 
@@ -49,7 +49,7 @@ def _check_specs(prompts: Iterable[Prompt], where: str, problems: list[str]) -> 
     return kinds
 
 
-def _sft_sources(stage: SFTStage, where: str, problems: list[str]) -> None:
+def _sft_sources(stage: SFTStage | RewardModelStage, where: str, problems: list[str]) -> None:
     for j, data in enumerate(stage.data):
         if data.task is not None:
             try:
@@ -57,7 +57,7 @@ def _sft_sources(stage: SFTStage, where: str, problems: list[str]) -> None:
             except KeyError as exc:
                 problems.append(f"{where}.data.{j}: {exc.args[0]}")
         elif not Path(data.path or "").exists():
-            problems.append(f"{where}.data.{j}: SFT data not found: {data.path}")
+            problems.append(f"{where}.data.{j}: data not found: {data.path}")
 
 
 def _teacher_domains(
@@ -100,12 +100,12 @@ def preflight(config: PipelineConfig, stages: Sequence[int] | None = None) -> No
         if stages is not None and i not in stages:
             continue
         where = f"stages.{i} ({stage.name})"
-        if isinstance(stage, SFTStage):
+        if isinstance(stage, SFTStage | RewardModelStage):
             _sft_sources(stage, where, problems)
             continue
         assert isinstance(stage, RLStage | MOPDStage)
-        if stage.reward.type not in REWARD_FNS:
-            problems.append(f"{where}.reward.type: unknown {stage.reward.type!r}; registered: {sorted(REWARD_FNS)}")
+        if stage.reward.type not in reward_types():
+            problems.append(f"{where}.reward.type: unknown {stage.reward.type!r}; registered: {reward_types()}")
         domains: set[str] = set()
         for j, data in enumerate(stage.prompts):
             loaded = _load(data, "rl", f"{where}.prompts.{j}", problems)

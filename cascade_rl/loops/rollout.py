@@ -44,18 +44,18 @@ class PromptPool:
 
 @dataclass
 class PromptEncoder:
-    """Prompt ids (the rendered conversation plus the generation prompt), encoded once per prompt."""
+    """Prompt ids (the rendered conversation plus the generation prompt), encoded once per prompt and mode."""
 
     tokenizer: PreTrainedTokenizerBase
-    thinking: bool
     # keyed by object identity; the prompt is kept with its ids so that identity is never reused
-    _ids: dict[int, tuple[Prompt, list[int]]] = field(default_factory=dict)
+    _ids: dict[tuple[int, bool], tuple[Prompt, list[int]]] = field(default_factory=dict)
 
-    def __call__(self, prompt: Prompt, messages: Sequence[dict]) -> list[int]:
-        if id(prompt) not in self._ids:
-            ids = encode_prompt(self.tokenizer, list(messages), prompt.tools, enable_thinking=self.thinking)
-            self._ids[id(prompt)] = (prompt, ids)
-        return self._ids[id(prompt)][1]
+    def __call__(self, prompt: Prompt, messages: Sequence[dict], thinking: bool) -> list[int]:
+        key = (id(prompt), thinking)
+        if key not in self._ids:
+            ids = encode_prompt(self.tokenizer, list(messages), prompt.tools, enable_thinking=thinking)
+            self._ids[key] = (prompt, ids)
+        return self._ids[key][1]
 
 
 def with_rewards(groups: Sequence[TrajectoryGroup], reward_fn: RewardFn) -> list[TrajectoryGroup]:
@@ -98,7 +98,7 @@ class Rollouts:
     episodes: EpisodeRunner = field(init=False)
 
     def __post_init__(self) -> None:
-        self.encode = PromptEncoder(self.tokenizer, self.stage.thinking)
+        self.encode = PromptEncoder(self.tokenizer)
         budget = Budget(self.stage.max_turns, self.stage.max_context_tokens)
         self.episodes = EpisodeRunner(self.generator, self.tokenizer, self.stage.thinking, budget, self.stage.envs)
 

@@ -54,7 +54,20 @@ def register_reward(name: str) -> Callable[[Callable[..., RewardFn]], Callable[.
     return deco
 
 
+_BUILTIN = ("cascade_rl.rewards.judge", "cascade_rl.rewards.reward_model")
+
+
+def reward_types() -> list[str]:
+    """The registered reward function names (the built-in ones imported on first use)."""
+    import importlib
+
+    for module in _BUILTIN:
+        importlib.import_module(module)
+    return sorted(REWARD_FNS)
+
+
 def build_reward(kind: str, context: RewardContext, **args: Any) -> RewardFn:
+    reward_types()
     try:
         factory = REWARD_FNS[kind]
     except KeyError:

@@ -216,7 +216,7 @@ def test_rl_stages_refuse_truncated_sampling():
 def test_unknown_or_missing_stage_type():
     assert error_lines({"stages": [{"type": "dpo", "data": [{"task": "math"}]}]}) == [
         "recipe: stages.0: Input tag 'dpo' found using 'type' does not match any of the expected tags: "
-        "'sft', 'rl', 'mopd'"
+        "'sft', 'rl', 'mopd', 'reward_model'"
     ]
     (line,) = error_lines({"stages": [{"data": [{"task": "math"}]}]})
     assert line.startswith("recipe: stages.0: Unable to extract tag using discriminator 'type'")

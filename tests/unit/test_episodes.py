@@ -79,7 +79,7 @@ def _episode(tokenizer, turns: list[str], thinking: bool, budget: Budget = EIGHT
     generator = Scripted(tokenizer, turns)
     runner = EpisodeRunner(generator, tokenizer, thinking, budget)
     params = SamplingParams(n=n, max_new_tokens=64, seed=3)
-    (group,) = runner.run([PROMPT], PromptEncoder(tokenizer, thinking), params)
+    (group,) = runner.run([PROMPT], PromptEncoder(tokenizer), params)
     return group, generator
 
 
@@ -199,3 +199,13 @@ def test_no_tool_response_or_template_token_is_ever_trained(tokenizer, monkeypat
     for (_, end), (start, _) in zip(trajectory.turns, trajectory.turns[1:], strict=False):
         gap = tokenizer.decode(list(trajectory.tokens[end:start]))
         assert gap.startswith("\n<|im_start|>user\n<tool_response>") and "<|im_start|>assistant\n" in gap
+
+
+def test_mixed_thinking_gives_each_prompt_one_mode_and_half_the_prompts_each():
+    from cascade_rl.loops.episodes import thinking_for
+
+    prompts = [Prompt(PROMPT.messages, PROMPT.spec, "calc", uid=f"p{i}") for i in range(400)]
+    modes = [thinking_for("mixed", p) for p in prompts]
+    assert modes == [thinking_for("mixed", p) for p in prompts]  # fixed per prompt
+    assert 160 < sum(modes) < 240  # about half (binomial: 200 +- 10)
+    assert {thinking_for(True, p) for p in prompts} == {True} and {thinking_for(False, p) for p in prompts} == {False}

@@ -53,7 +53,7 @@ def test_missing_files_and_teachers_are_named(tmp_path):
     with pytest.raises(PreflightError) as info:
         preflight(load_config(recipe))
     text = str(info.value)
-    assert f"stages.0 (sft).data.1: SFT data not found: {tmp_path / 'sft.jsonl'}" in text
+    assert f"stages.0 (sft).data.1: data not found: {tmp_path / 'sft.jsonl'}" in text
     assert f"stages.1 (rl).prompts.0: {tmp_path / 'absent.jsonl'}: prompt file not found" in text
     assert f"stages.2 (mopd).teachers.math: no model folder at {tmp_path / 'no-model'}" in text
 

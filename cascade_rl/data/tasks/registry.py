@@ -17,8 +17,9 @@ on the draw sequence, so a split of size n is a prefix of the same split of size
 
 from __future__ import annotations
 
+import inspect
 import random
-from typing import Literal
+from typing import Any, Literal
 
 from cascade_rl.data.tasks.base import Problem, Task, stable_hash
 from cascade_rl.data.tasks.code import CodeTask
@@ -76,18 +77,25 @@ def in_split(domain: str, user_text: str, split: str) -> bool:
     return part == split or (split == "train" and part in ("sft", "rl"))
 
 
-def make_split(domain: str, split: Split, n: int, *, seed: int = 0, difficulty: int = 0) -> list[Problem]:
+def make_split(
+    domain: str, split: Split, n: int, *, seed: int = 0, difficulty: int = 0, **options: Any
+) -> list[Problem]:
     """n problems of one domain, split and difficulty; deterministic in all arguments.
 
-    The splits never share a user prompt text (see the module docstring for the rule and for how
-    repeats are handled once a small space is exhausted).
+    ``options`` go to the task's ``generate`` (e.g. ``context_length`` of long-context tasks); a task
+    that takes none of them is an error. The splits never share a user prompt text (see the module
+    docstring for the rule and for how repeats are handled once a small space is exhausted).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     if n < 0 or difficulty < 0:
         raise ValueError(f"n and difficulty must be >= 0, got n={n}, difficulty={difficulty}")
     task = get_task(domain)
-    rng = random.Random(f"cascade-rl/{domain}/{split}/{seed}/{difficulty}")
+    unknown = set(options) - set(inspect.signature(task.generate).parameters)
+    if unknown:
+        raise ValueError(f"task {domain!r} takes no {', '.join(sorted(unknown))}")
+    suffix = "".join(f"/{k}={v}" for k, v in sorted(options.items()))
+    rng = random.Random(f"cascade-rl/{domain}/{split}/{seed}/{difficulty}{suffix}")
     out: list[Problem] = []
     seen: set[str] = set()
     duplicate_run, exhausted, draws = 0, False, 0
@@ -95,7 +103,7 @@ def make_split(domain: str, split: Split, n: int, *, seed: int = 0, difficulty: 
         draws += 1
         if draws > MAX_DRAWS_PER_PROBLEM * (n + 1):
             raise RuntimeError(f"{domain} d{difficulty}: could not draw {n} {split} problems")
-        problem = task.generate(rng, difficulty)
+        problem = task.generate(rng, difficulty, **options)
         text = problem.user_text
         if not in_split(*(problem.split_key or (domain, text)), split):
             continue

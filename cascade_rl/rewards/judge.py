@@ -1,0 +1,1 @@
+"""Generative pairwise judges (``type: judge`` rewards)."""

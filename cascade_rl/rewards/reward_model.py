@@ -1,0 +1,1 @@
+"""Scalar reward models (``type: reward_model`` rewards)."""
