@@ -25,6 +25,15 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]  # the repository root
 TOKEN_BUDGET = 4096  # the engine section's default micro-batch token budget
 DTYPE = "float32"  # the pipeline's "auto" on a CPU
+# the demo's model size (recipes/tiny-cascade.yaml): ~1M parameters
+DEMO_TINY = {
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+}
 
 
 def clocks() -> tuple[float, float]:

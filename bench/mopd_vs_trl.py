@@ -23,20 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import quiet
+from bench._common import DEMO_TINY, quiet
 from bench._mopd_step_time import time_vs_trl
 from cascade_rl.config import DataConfig, MOPDStage, OptimConfig
 from cascade_rl.model.load import save
 from cascade_rl.model.tiny import build_tiny
-
-TINY = dict(
-    hidden_size=128,
-    intermediate_size=384,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=32,
-)
 
 
 def main() -> None:
@@ -59,8 +50,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         with quiet():
-            student, tokenizer = build_tiny("qwen3", seed=0, vocab_size=1024, **TINY)
-            teacher, _ = build_tiny("qwen3", seed=1, vocab_size=1024, **TINY)  # the same tokenizer is trained again
+            student, tokenizer = build_tiny("qwen3", seed=0, vocab_size=1024, **DEMO_TINY)
+            teacher, _ = build_tiny(
+                "qwen3", seed=1, vocab_size=1024, **DEMO_TINY
+            )  # the same tokenizer is trained again
             save(student, tokenizer, tmp / "student")
             save(teacher, tokenizer, tmp / "teacher")
         stage = MOPDStage(

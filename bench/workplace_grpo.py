@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import DEMO_TINY
 from cascade_rl.config import DataConfig, EngineConfig, EvalConfig, ModelConfig, OptimConfig, RLStage, SFTStage
 from cascade_rl.data.build import prompts_for
 from cascade_rl.engines.backend import LocalBackend
@@ -38,14 +39,6 @@ from cascade_rl.loops.rl import run_rl
 from cascade_rl.loops.rollout import PromptEncoder
 from cascade_rl.loops.sft import run_sft
 
-TINY = dict(
-    hidden_size=128,
-    intermediate_size=384,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=32,
-)
 MAX_TURN_TOKENS = 48
 MAX_TURNS = 6
 
@@ -104,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     out = args.out or Path(tempfile.mkdtemp(prefix="workplace-grpo-"))
-    backend = LocalBackend(EngineConfig(decode_batch=256), ModelConfig(spec="tiny:qwen3", seed=0, tiny=TINY))
+    backend = LocalBackend(EngineConfig(decode_batch=256), ModelConfig(spec="tiny:qwen3", seed=0, tiny=DEMO_TINY))
     # tool_call (single calls, arguments copied from the request) beside workplace: copying names and values
     # into calls is what a model this small learns last, and both domains need it
     sft = SFTStage(

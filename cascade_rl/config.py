@@ -134,8 +134,15 @@ class SFTStage(_Stage):
 class RewardConfig(Frozen):
     """How a rollout stage scores its groups (``rewards.reward_fn`` registry)."""
 
-    type: str = Field("verifier", description="registered reward function: verifier (the prompt's spec)")
+    type: str = Field(
+        "verifier", description="registered reward function: verifier (the prompt's spec), judge, reward_model"
+    )
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the reward function")
+    monitor: bool = Field(
+        True,
+        description="with another reward than the verifier, also score every rollout by its spec's verifier (a "
+        "metric, spec_reward, never trained on): a reward that rises while it does not is reward hacking",
+    )
 
 
 class _RolloutStage(_Stage):

@@ -15,11 +15,11 @@ from cascade_rl.config import MOPDStage, RLStage
 from cascade_rl.data.build import prompts_for
 from cascade_rl.engines.backend import Backend, ModelSource
 from cascade_rl.engines.base import Policy, Scorer, TrainBatch
-from cascade_rl.logging import MetricsLogger, progress_bar
+from cascade_rl.logging import MetricsLogger, console, progress_bar, read_metrics
 from cascade_rl.loops.common import NonFiniteGuard, checkpoint, resume, save_final, set_seed
 from cascade_rl.loops.objectives import OBJECTIVES, Objective, ObjectiveSettings, TeacherRouter, per_domain_means
 from cascade_rl.loops.rollout import PromptPool, Rollouts
-from cascade_rl.rewards.reward_fn import RewardContext, build_reward
+from cascade_rl.rewards.reward_fn import RewardContext, VerifierReward, build_reward
 from cascade_rl.types import TrajectoryGroup
 
 
@@ -85,7 +85,12 @@ def run_rl(
     generator = backend.generator(policy)
     first = resume(run_dir, policy, stage.name, stage.steps)
     generator.sync(policy, first)
-    rollouts = Rollouts(stage, pool, generator, tokenizer, reward_fn, objective.filters_constant_groups)
+    monitor = (
+        VerifierReward(workers=stage.reward_workers)
+        if stage.reward.type != "verifier" and stage.reward.monitor
+        else None
+    )
+    rollouts = Rollouts(stage, pool, generator, tokenizer, reward_fn, objective.filters_constant_groups, monitor)
     guard = NonFiniteGuard(stage.name, stage.max_nonfinite_steps, run_dir)
     own_logger = logger is None
     logger = logger or MetricsLogger(run_dir)
@@ -107,4 +112,27 @@ def run_rl(
         reward_fn.close()
         if own_logger:
             logger.close()
+    if monitor is not None:
+        warn_on_reward_hacking(stage.name, read_metrics(run_dir))
     return save_final(policy, run_dir / "model")
+
+
+def warn_on_reward_hacking(name: str, rows: Sequence[dict]) -> str | None:
+    """Compare the first and last fifth of the stage: the trained reward rising by more than 0.05 while the
+    prompts' own verifiers (spec_reward) gain under 0.01 is reported as reward hacking (and returned)."""
+    rows = [r for r in rows if r.get("spec_reward") is not None and r.get("reward") is not None]
+    k = max(1, len(rows) // 5)
+    if len(rows) < 2 * k or len(rows) < 4:
+        return None
+    def gain(key: str) -> float:
+        return sum(r[key] for r in rows[-k:]) / k - sum(r[key] for r in rows[:k]) / k
+
+    reward, spec = gain("reward"), gain("spec_reward")
+    if reward <= 0.05 or spec >= 0.01:
+        return None
+    message = (
+        f"{name}: reward hacking: the trained reward rose by {reward:+.3f} from the first to the last {k} steps "
+        f"while the prompts' own verifiers moved {spec:+.3f}"
+    )
+    console.print(f"[yellow]{message}[/yellow]", highlight=False)
+    return message

@@ -94,6 +94,7 @@ class Rollouts:
     tokenizer: PreTrainedTokenizerBase
     reward_fn: RewardFn
     filter_constant_groups: bool
+    monitor: RewardFn | None = None  # scores every rollout for the metrics only (spec_reward)
     encode: PromptEncoder = field(init=False)
     episodes: EpisodeRunner = field(init=False)
 
@@ -140,6 +141,8 @@ class Rollouts:
                     kept.append(group)
             rounds += 1
         stats = rollout_stats(seen)
+        if self.monitor is not None and seen:
+            stats["spec_reward"] = self._monitored(kept)
         gen_tokens = sum(t.model_tokens for t in seen)
         stats |= {
             "dropped_groups": dropped,
@@ -149,6 +152,12 @@ class Rollouts:
             "generation_time": gen_time,
         }
         return kept[: stage.prompts_per_step], stats
+
+    def _monitored(self, groups: Sequence[TrajectoryGroup]) -> float:
+        """Mean score of the groups' rollouts under the monitor (the prompts' own verifiers)."""
+        assert self.monitor is not None
+        scores = [r.score for rs in score_groups(self.monitor, groups) for r in rs]
+        return statistics.fmean(scores) if scores else 0.0
 
 
 def rollout_stats(trajectories: Sequence[Trajectory]) -> dict[str, float]:

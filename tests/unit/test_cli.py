@@ -70,22 +70,7 @@ def test_single_stage_commands_refuse_to_overwrite_without_resume(tmp_path):
 
 
 def test_chat_shows_reasoning_answer_and_flags(tmp_path, tokenizer):
-    from transformers import AutoModelForCausalLM
-
-    from cascade_rl.model import save
-    from cascade_rl.model.tiny import tiny_config
-
-    config = tiny_config(
-        "qwen3",
-        tokenizer,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-    )
-    save(AutoModelForCausalLM.from_config(config), tokenizer, tmp_path / "m")
+    _tiny_folder(tmp_path, tokenizer)
     result = runner.invoke(app, ["chat", str(tmp_path / "m"), "-m", "What is 2 + 2?", "--max-new-tokens", "6"])
     assert result.exit_code == 0, result.output
     # an untrained model rambles: the answer line is shown and the cut-off is flagged, never a crash

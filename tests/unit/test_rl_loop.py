@@ -188,3 +188,15 @@ def test_old_checkpoints_are_pruned_to_keep_last(tokenizer, setup, tmp_path):
     run_rl(stage, FakeBackend(tokenizer, generator), "start-model", tmp_path / "run")
     # steps 1-5 were checkpointed (the last step writes the model instead); the two newest remain
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000004", "step_00000005"]
+
+
+def test_reward_hacking_is_reported_when_the_reward_rises_alone():
+    from cascade_rl.loops.rl import warn_on_reward_hacking
+
+    rising = [{"reward": 0.2 + 0.05 * i, "spec_reward": 0.4} for i in range(10)]
+    # first fifth (2 steps) vs last fifth: reward 0.225 -> 0.625 (+0.400), verifier 0.4 -> 0.4 (+0.000)
+    message = warn_on_reward_hacking("rlhf", rising)
+    assert message is not None and "rose by +0.400" in message and "moved +0.000" in message
+    honest = [{"reward": 0.2 + 0.05 * i, "spec_reward": 0.3 + 0.02 * i} for i in range(10)]
+    assert warn_on_reward_hacking("rlhf", honest) is None  # the verifier rose too (+0.16)
+    assert warn_on_reward_hacking("rlhf", rising[:3]) is None  # too few steps to tell
