@@ -124,6 +124,7 @@ def warn_on_reward_hacking(name: str, rows: Sequence[dict]) -> str | None:
     k = max(1, len(rows) // 5)
     if len(rows) < 2 * k or len(rows) < 4:
         return None
+
     def gain(key: str) -> float:
         return sum(r[key] for r in rows[-k:]) / k - sum(r[key] for r in rows[:k]) / k
 
