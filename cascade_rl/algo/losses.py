@@ -362,3 +362,36 @@ def summarize_metrics(per_microbatch: Sequence[Mapping[str, torch.Tensor | float
         key[: -len("_sum")]: value / tokens for key, value in totals.items() if key.endswith("_sum") and tokens > 0
     }
     return {**totals, **derived}
+
+
+# --------------------------------------------------------------------------- reward models
+
+
+def bradley_terry_loss(
+    chosen_N: torch.Tensor, rejected_N: torch.Tensor, num_pairs: Normalizer
+) -> tuple[torch.Tensor, Metrics]:
+    """Bradley-Terry preference loss of a reward model: ``L = -Σ_i log σ(r_c,i - r_r,i) / num_pairs``.
+
+    ``num_pairs`` counts the pairs of the WHOLE optimizer step (like the other normalisers), so
+    micro-batches of pairs add up to the step's mean. ``logsigmoid`` keeps a large negative margin
+    finite (``log(sigmoid(-100))`` would be ``log(0)``).
+
+    Args:
+        chosen_N: [N] scores of the preferred responses (with grad).
+        rejected_N: [N] scores of the rejected responses of the same N pairs.
+
+    Metrics (additive): ``pairs``, ``accuracy_sum`` (pairs with r_c > r_r; a tie is not correct) and
+    ``margin_sum`` (Σ r_c - r_r).
+    """
+    _check_normalizer(num_pairs)
+    if chosen_N.shape != rejected_N.shape or chosen_N.ndim != 1:
+        raise ValueError(f"chosen and rejected scores must be [N] alike, got {chosen_N.shape} and {rejected_N.shape}")
+    margin_N = at_least_fp32(chosen_N) - at_least_fp32(rejected_N)
+    loss = -torch.nn.functional.logsigmoid(margin_N).sum() / num_pairs
+    detached = margin_N.detach()
+    metrics: Metrics = {
+        "pairs": torch.tensor(float(margin_N.numel()), device=margin_N.device),
+        "accuracy_sum": (detached > 0).sum().float(),
+        "margin_sum": detached.sum(),
+    }
+    return loss, metrics

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from cascade_rl.config import EngineConfig, ModelConfig, OptimConfig
 from cascade_rl.engines.base import Generator, Policy, Scorer
 from cascade_rl.engines.local import LocalGenerator, LocalPolicy, LocalScorer, OptimSettings
+from cascade_rl.engines.reward_model import LocalRewardModel, RewardModel
 from cascade_rl.logging import console
 
 ModelSource = str | Path
@@ -47,6 +48,13 @@ class Backend(Protocol):
 
     def eval_generator(self, model: ModelSource, batch_size: int) -> Generator:
         """A generator for held-out evaluation of a saved model."""
+        ...
+
+    def reward_model(
+        self, model: ModelSource, optim: OptimConfig, total_steps: int, *, max_length: int = 1024, seed: int = 0
+    ) -> RewardModel:
+        """A scalar reward model (one-output score head) from a causal LM or a reward-model folder, with AdamW
+        and the LR schedule of ``optim``; ``seed`` initialises a new score head."""
         ...
 
 
@@ -156,6 +164,47 @@ class LocalBackend:
     def eval_generator(self, model: ModelSource, batch_size: int) -> LocalGenerator:
         module, _ = self._load(model, self.dtype)
         return LocalGenerator(module.eval(), batch_size=batch_size)
+
+    def reward_model(
+        self, model: ModelSource, optim: OptimConfig, total_steps: int, *, max_length: int = 1024, seed: int = 0
+    ) -> LocalRewardModel:
+        """An HF folder (causal LM or reward model) loads directly; other specs (tiny, GGUF) are loaded as
+        causal LMs first and pass through a temporary folder, where the score head is added."""
+        import tempfile
+
+        from cascade_rl.engines.reward_model import load_reward_model
+        from cascade_rl.model.load import load_tokenizer, save
+
+        source = Path(str(model)).expanduser()
+        if (source / "config.json").is_file():
+            module, tokenizer = load_reward_model(source, seed=seed), load_tokenizer(source)
+        else:
+            causal, tokenizer = self._load(model, torch.float32)
+            with tempfile.TemporaryDirectory() as tmp:
+                save(causal.cpu(), tokenizer, tmp)
+                module = load_reward_model(tmp, seed=seed, name=str(model))
+            del causal
+        module.to("cuda" if torch.cuda.is_available() else "cpu")
+        apply_freeze(module, list(optim.freeze))
+        settings = OptimSettings(
+            lr=optim.lr,
+            total_steps=total_steps,
+            betas=optim.betas,
+            weight_decay=optim.weight_decay,
+            warmup_steps=optim.warmup_steps,
+            warmup_start_lr=optim.warmup_start_lr,
+            min_lr=optim.min_lr,
+            grad_clip=optim.grad_clip,
+        )
+        return LocalRewardModel(
+            module,
+            tokenizer,
+            settings,
+            max_length=max_length,
+            token_budget=self.engine.microbatch_tokens,
+            compute_dtype=self.dtype,
+            save_dtype=None if self.dtype == torch.float32 else self.dtype,
+        )
 
 
 BACKENDS: dict[str, Callable[[EngineConfig, ModelConfig], Backend]] = {"local": LocalBackend}
