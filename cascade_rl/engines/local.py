@@ -9,6 +9,7 @@ the weights.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import warnings
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cascade_rl.algo.logprobs import chunked_lm_logprobs
@@ -107,12 +109,40 @@ def _model_device(model: PreTrainedModel) -> torch.device:
     return next(model.parameters()).device
 
 
+@contextmanager
+def checkpointed_layers(model: PreTrainedModel, enabled: bool) -> Iterator[None]:
+    """While active (and grad is on), every decoder layer's forward runs under non-reentrant activation
+    checkpointing: the forward keeps only each layer's input and backward recomputes the layer.
+
+    transformers' ``gradient_checkpointing_enable`` checkpoints only in train mode, and the trainer runs in eval
+    mode (no dropout), so each layer's ``forward`` is shadowed by an instance attribute for the duration instead.
+    Module hooks (output capture, FSDP) stay outside the checkpoint because ``__call__`` is not wrapped.
+    """
+    if not enabled or not torch.is_grad_enabled():
+        yield
+        return
+    layers = list(model.get_decoder().layers)
+    shadowed = [layer.__dict__.get("forward") for layer in layers]  # an instance-level wrapper (accelerate) stays
+    for layer in layers:
+        layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for layer, previous in zip(layers, shadowed, strict=True):
+            if previous is None:
+                del layer.forward
+            else:
+                layer.forward = previous
+
+
 class LocalScorer:
     """Token log-probs under a frozen model, computed without [T, V] logits in memory.
 
     ``offload``: the model waits in CPU memory and visits ``device`` only while it scores (teachers
     loaded once, held off the accelerator between uses; on a CPU-only machine nothing moves).
     """
+
+    activation_checkpointing: bool = False  # LocalPolicy sets it from the recipe's engine section
 
     def __init__(
         self,
@@ -162,7 +192,7 @@ class LocalScorer:
             zeros = torch.zeros(scored.shape, device=dev)
             return zeros, (zeros.clone() if with_entropy else None), ()
         extra = {"output_router_logits": True} if router_logits else {}
-        with autocast(dev, self.compute_dtype):
+        with autocast(dev, self.compute_dtype), checkpointed_layers(self.model, self.activation_checkpointing):
             out = self.model.get_decoder()(
                 input_ids=mb.input_ids.to(dev),
                 position_ids=mb.position_ids.to(dev),

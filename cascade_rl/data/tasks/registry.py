@@ -22,9 +22,11 @@ import random
 from typing import Any, Literal
 
 from cascade_rl.data.tasks.base import Problem, Task, stable_hash
+from cascade_rl.data.tasks.chat import ChatTask
 from cascade_rl.data.tasks.code import CodeTask
 from cascade_rl.data.tasks.instruct import InstructTask
 from cascade_rl.data.tasks.json_schema import JsonSchemaTask
+from cascade_rl.data.tasks.long_context import LongContextTask
 from cascade_rl.data.tasks.math_problems import MathTask
 from cascade_rl.data.tasks.mcqa import McqaTask
 from cascade_rl.data.tasks.tir import CodeToolTask, TirMathTask
@@ -55,6 +57,8 @@ TASKS: dict[str, Task] = {
         WorkplaceTask(),
         TirMathTask(),
         CodeToolTask(),
+        ChatTask(),
+        LongContextTask(),
     )
 }
 
