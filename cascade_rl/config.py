@@ -32,6 +32,11 @@ class ModelConfig(Frozen):
     seed: int = Field(0, description="initialisation seed of tiny models")
     vocab_size: int = Field(1024, description="BPE vocabulary of the locally trained tokenizer (tiny specs only)")
     tiny: dict[str, Any] = Field(default_factory=dict, description="config overrides for tiny specs, e.g. hidden_size")
+    tiny_corpus: list[str] | None = Field(
+        None,
+        description="tasks whose renderings train a tiny spec's tokenizer; None: the built-in domains (not chat or "
+        "long_context, so that adding a task leaves other recipes' tokenizers unchanged)",
+    )
 
 
 class OptimConfig(Frozen):

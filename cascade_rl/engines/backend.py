@@ -13,7 +13,7 @@ import copy
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -56,6 +56,13 @@ class Backend(Protocol):
         """A scalar reward model (one-output score head) from a causal LM or a reward-model folder, with AdamW
         and the LR schedule of ``optim``; ``seed`` initialises a new score head."""
         ...
+
+
+def tiny_options(model: ModelConfig) -> dict[str, Any]:
+    """``load`` keyword arguments of a recipe's tiny spec (seed, tokenizer, config overrides); {} otherwise."""
+    if not model.spec.startswith("tiny:"):
+        return {}
+    return {"seed": model.seed, "vocab_size": model.vocab_size, "corpus_domains": model.tiny_corpus, **model.tiny}
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:
@@ -111,8 +118,7 @@ class LocalBackend:
         if not spec.startswith("tiny:"):
             return load(spec, dtype=dtype)
         if spec not in self._tiny:  # built from its seed (the tokenizer is trained on the spot): build once
-            cfg = self.model_config
-            self._tiny[spec] = load(spec, dtype=torch.float32, seed=cfg.seed, vocab_size=cfg.vocab_size, **cfg.tiny)
+            self._tiny[spec] = load(spec, dtype=torch.float32, **tiny_options(self.model_config))
         model, tokenizer = self._tiny[spec]
         return copy.deepcopy(model).to(dtype), tokenizer
 

@@ -27,7 +27,7 @@ import yaml
 
 from cascade_rl.config import EvalConfig, MOPDStage, PipelineConfig, RewardModelStage, RLStage, SFTStage, dump_config
 from cascade_rl.data.build import prompt_domains
-from cascade_rl.engines.backend import Backend, build_backend, resolve_dtype
+from cascade_rl.engines.backend import Backend, build_backend, resolve_dtype, tiny_options
 from cascade_rl.eval.ledger import BASE, Ledger, LedgerRow, best_overall, choose_teachers
 from cascade_rl.eval.runner import TEST, evaluate, scores_to_json
 from cascade_rl.files import write_text_atomic
@@ -156,8 +156,7 @@ def _base_model(config: PipelineConfig, run_dir: Path) -> Path:
     base_dir = run_dir / BASE / "model"
     if not is_finished(base_dir):
         m = config.model
-        tiny = {"seed": m.seed, "vocab_size": m.vocab_size, **m.tiny} if m.spec.startswith("tiny:") else {}
-        model, tokenizer = load(m.spec, dtype=resolve_dtype(m.dtype), **tiny)
+        model, tokenizer = load(m.spec, dtype=resolve_dtype(m.dtype), **tiny_options(m))
         from cascade_rl.checkpoint import atomic_directory
 
         with atomic_directory(base_dir) as tmp:

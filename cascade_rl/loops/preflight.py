@@ -92,6 +92,16 @@ def _eval_sets(config: EvalConfig, problems: list[str]) -> tuple[set[str], set[s
     return validated, kinds
 
 
+def _check_stage_refs(stage: RLStage | MOPDStage, earlier: Sequence[object], where: str, problems: list[str]) -> None:
+    """A ``stage:NAME`` reward argument must name a stage that runs before this one."""
+    names = [getattr(s, "name", "") for s in earlier]
+    for key, value in stage.reward.args.items():
+        if isinstance(value, str) and value.startswith("stage:") and value.removeprefix("stage:") not in names:
+            problems.append(
+                f"{where}.reward.args.{key}: {value!r} names no earlier stage (earlier: {', '.join(names) or 'none'})"
+            )
+
+
 def preflight(config: PipelineConfig, stages: Sequence[int] | None = None) -> None:
     """Check the recipe's stages (all, or the given indices) and the evaluation sets; raise with every problem."""
     problems: list[str] = []
@@ -106,6 +116,7 @@ def preflight(config: PipelineConfig, stages: Sequence[int] | None = None) -> No
         assert isinstance(stage, RLStage | MOPDStage)
         if stage.reward.type not in reward_types():
             problems.append(f"{where}.reward.type: unknown {stage.reward.type!r}; registered: {reward_types()}")
+        _check_stage_refs(stage, config.stages[:i], where, problems)
         domains: set[str] = set()
         for j, data in enumerate(stage.prompts):
             loaded = _load(data, "rl", f"{where}.prompts.{j}", problems)

@@ -186,6 +186,27 @@ def test_tokenizer_training_is_deterministic():
     assert len(merges[1]) == len(merges[0]) - 100 and merges[0][: len(merges[1])] == merges[1]
 
 
+def test_the_tiny_tokenizer_corpus_is_a_fixed_list_that_a_recipe_can_change():
+    from cascade_rl.config import ModelConfig
+    from cascade_rl.data.tasks import TASKS
+    from cascade_rl.engines.backend import tiny_options
+    from cascade_rl.model.tiny import CORPUS_DOMAINS, default_corpus
+
+    # registering a task does not retrain every recipe's tokenizer: the default list is explicit
+    assert set(CORPUS_DOMAINS) < set(TASKS) and not {"chat", "long_context"} & set(CORPUS_DOMAINS)
+    chat_only = list(default_corpus(n_per_domain=5, domains=["chat"]))
+    assert len(chat_only) == 10 and all("<|im_start|>assistant" in text for text in chat_only)
+    options = tiny_options(ModelConfig(tiny_corpus=["chat"], tiny={"hidden_size": 32}))
+    assert options == {"seed": 0, "vocab_size": 1024, "corpus_domains": ["chat"], "hidden_size": 32}
+    assert tiny_options(ModelConfig(spec="smollm2")) == {}
+    small = {**OVERRIDES["qwen3"], "vocab_size": 600}
+    _, default_tok = load("tiny:qwen3", **small)
+    _, chat_tok = load("tiny:qwen3", corpus_domains=["chat"], **small)
+    assert default_tok.get_vocab() != chat_tok.get_vocab()
+    # the chat domain's own words are whole tokens only in the tokenizer that saw them
+    assert len(chat_tok.tokenize(" Spiders have eight legs.")) < len(default_tok.tokenize(" Spiders have eight legs."))
+
+
 def test_load_is_deterministic_in_the_seed():
     overrides = OVERRIDES["qwen3"]
     a, tok_a = _timed("load tiny:qwen3 seed 0", load, "tiny:qwen3", vocab_size=VOCAB, seed=0, **overrides)

@@ -71,3 +71,18 @@ def test_code_execution_below_the_required_isolation_is_refused(tmp_path, monkey
     with pytest.raises(PreflightError, match="below the required isolation"):
         preflight(config)
     assert "sandbox isolation: process" in capsys.readouterr().out  # said once, with the level in effect
+
+
+def test_a_reward_that_names_no_earlier_stage_is_refused(tmp_path):
+    recipe = _recipe(tmp_path, [{"task": "math", "n": 4}], [{"task": "math", "n": 4}])
+    recipe["stages"][1]["reward"] = {"type": "reward_model", "args": {"model": "stage:rm"}}
+    with pytest.raises(PreflightError) as info:
+        preflight(load_config(recipe))
+    assert "stages.1 (rl).reward.args.model: 'stage:rm' names no earlier stage (earlier: sft)" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["tiny-cascade", "tiny-rlhf", "smollm2-cascade", "smollm2-rlhf"])
+def test_shipped_recipes_pass_preflight(name):
+    from cascade_rl.cli import RECIPES
+
+    preflight(load_config(RECIPES / f"{name}.yaml"))
