@@ -8,7 +8,7 @@ prints both scores with their standard errors over prompts, the paired gain, and
 throughput of the multi-turn episodes (model turns per second, every active episode advancing in one
 batched generate call per turn) against single-turn generation on the same model and prompts count.
 
-Usage: .venv/bin/python bench/workplace_grpo.py [--sft-steps 300] [--rl-steps 40] [--eval-n 200] [--out DIR]
+Usage: .venv/bin/python bench/workplace_grpo.py [--sft-steps 900] [--rl-steps 40] [--eval-n 200] [--out DIR]
 The last line printed is ``ratio: X.XX`` = multi-turn model turns per second / single-turn completions per second.
 """
 
@@ -94,8 +94,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4, help="GRPO learning rate")
     parser.add_argument("--eval-n", type=int, default=200, help="held-out workplace prompts")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     out = args.out or Path(tempfile.mkdtemp(prefix="workplace-grpo-"))
     backend = LocalBackend(EngineConfig(decode_batch=256), ModelConfig(spec="tiny:qwen3", seed=0, tiny=DEMO_TINY))
     # tool_call (single calls, arguments copied from the request) beside workplace: copying names and values

@@ -258,7 +258,9 @@ class RewardModelStage(_Stage):
 
     type: Literal["reward_model"] = "reward_model"
     name: str = Field("reward_model", description="stage name: folder and the stage:NAME a reward refers to")
-    data: list[DataConfig] = Field(description="preference pairs: JSONL {prompt, chosen, rejected} or a pair task")
+    data: list[DataConfig] = Field(
+        min_length=1, description="preference pairs: JSONL {prompt, chosen, rejected} or a pair task"
+    )
     eval_data: list[DataConfig] = Field(
         default_factory=list, description="held-out pairs for pairwise accuracy; tasks default to their test split"
     )

@@ -188,8 +188,10 @@ class LocalRewardModel:
         ids, attention = ids.to(dev), attention.to(dev)
         with autocast(dev, self.compute_dtype):
             hidden = self.model.base_model(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state
-            last = hidden[torch.arange(len(rows), device=dev), attention.sum(-1) - 1]
-            return self.model.score(last).float().squeeze(-1)
+        last = hidden[torch.arange(len(rows), device=dev), attention.sum(-1) - 1]
+        head = self.model.score
+        # the head runs in its own (fp32) precision: bf16 would round scores to steps of ~0.03 at |r| ~ 4
+        return head(last.to(head.weight.dtype)).float().squeeze(-1)
 
     def _chunks(self, lengths: Sequence[int], rows_per_item: int) -> list[list[int]]:
         """Consecutive items grouped so that each group's padded size stays within the token budget."""

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from cascade_rl.config import DataConfig, EvalConfig, MOPDStage, PipelineConfig, RewardModelStage, RLStage, SFTStage
 from cascade_rl.data.build import check_prompt_spec, prompts_for
+from cascade_rl.data.pairs import pair_source
 from cascade_rl.data.sources import DataSourceError
-from cascade_rl.data.tasks import get_task
+from cascade_rl.data.tasks import TASKS, get_task
 from cascade_rl.logging import console
 from cascade_rl.rewards import SpecError
 from cascade_rl.rewards.reward_fn import reward_types
@@ -58,6 +59,19 @@ def _sft_sources(stage: SFTStage | RewardModelStage, where: str, problems: list[
                 problems.append(f"{where}.data.{j}: {exc.args[0]}")
         elif not Path(data.path or "").exists():
             problems.append(f"{where}.data.{j}: data not found: {data.path}")
+
+
+def _pair_files(stage: RewardModelStage, where: str, problems: list[str]) -> None:
+    """Preference files are read in full (a reward-model stage usually starts hours in, after SFT)."""
+    for key, sources in (("data", stage.data), ("eval_data", stage.eval_data)):
+        for j, data in enumerate(sources):
+            if data.task is not None and data.task in TASKS and not hasattr(get_task(data.task), "pair_of"):
+                problems.append(f"{where}.{key}.{j}: task {data.task!r} makes no preference pairs")
+            if data.path is not None and Path(data.path).exists():
+                try:
+                    pair_source(data, "train")
+                except DataSourceError as exc:
+                    problems.append(f"{where}.{key}.{j}: {exc}")
 
 
 def _teacher_domains(
@@ -112,6 +126,8 @@ def preflight(config: PipelineConfig, stages: Sequence[int] | None = None) -> No
         where = f"stages.{i} ({stage.name})"
         if isinstance(stage, SFTStage | RewardModelStage):
             _sft_sources(stage, where, problems)
+            if isinstance(stage, RewardModelStage):
+                _pair_files(stage, where, problems)
             continue
         assert isinstance(stage, RLStage | MOPDStage)
         if stage.reward.type not in reward_types():

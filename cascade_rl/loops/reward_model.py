@@ -68,6 +68,8 @@ def _report(label: str, stats: Sequence[SourceStats]) -> str:
 
 def step_plan(num_pairs: int, stage: RewardModelStage) -> list[list[int]]:
     """Pair indices of every optimizer step: seeded passes over the pairs, ``pairs_per_step`` at a time."""
+    if num_pairs < 1:
+        raise ValueError(f"reward-model stage {stage.name!r} has no training pairs")
     order: list[int] = []
     epoch = 0
     while len(order) < stage.steps * stage.pairs_per_step:
@@ -114,6 +116,13 @@ def run_reward_model(
     console.print(_report("train", train_stats), markup=False, highlight=False, soft_wrap=True)
     if eval_stats:
         console.print(_report("held out", eval_stats), markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print(
+            f"[{stage.name}] no held-out pairs (the data are files): set eval_data to measure pairwise accuracy",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     rm = backend.reward_model(start, stage.optim, stage.steps, max_length=stage.max_length, seed=stage.seed)
     encoded, held_encoded = encode_pairs(rm, train), encode_pairs(rm, held_out)
     plan = step_plan(len(train), stage)

@@ -53,6 +53,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import time
 import urllib.error
@@ -123,6 +124,7 @@ def judge_messages(messages: Sequence[Mapping[str, Any]], answer_a: str, answer_
 
 # ----------------------------------------------------------------------------------------- verdicts
 
+UNPARSED_WARNING = 0.2  # share of a call's verdicts above which the judge warns (they all score as ties)
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL)
 _NUMERIC = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*10)?\s*")
 _A_KEYS = frozenset({"a", "response_a", "score_a", "assistant_a"})
@@ -131,7 +133,7 @@ _B_KEYS = frozenset({"b", "response_b", "score_b", "assistant_b"})
 # only: a lower-case "a: 3" is too likely to be prose.
 _LINE_SCORE = re.compile(
     r"(?i)(?<![A-Za-z0-9_])(?:(?:response|score|assistant)[\s_]*)?[\"'*]*(?-i:([AB]))[\"'*]*\s*[:=]\s*[\"'*]*"
-    r"(-?\d+(?:\.\d+)?)(?![\d.])"
+    r"(-?\d+(?:\.\d+)?)(?!\.?\d|[eE][+-]?\d)"
 )
 
 
@@ -218,8 +220,12 @@ def group_rewards(
     verdicts: Sequence[tuple[tuple[int, int], Verdict | None]],
     length_penalty: float = 0.0,
 ) -> list[RewardResult]:
-    """Rewards of one group from its ordered comparisons ``((a, b), verdict)`` (module docstring formula)."""
+    """Rewards of one group from its ordered comparisons ``((a, b), verdict)`` (module docstring formula).
+
+    A truncated response scores 0 (as under a verifier) and is in no comparison; the length penalty's
+    mean is over the others."""
     k = len(group.trajectories)
+    live = [i for i, t in enumerate(group.trajectories) if not t.truncated]
     n, wins, ties, unparsed = [0] * k, [0] * k, [0] * k, [0] * k
     for (a, b), verdict in verdicts:
         for me, mine, theirs in ((a, 0, 1), (b, 1, 0)):
@@ -230,16 +236,23 @@ def group_rewards(
                 wins[me] += 1
             elif verdict[mine] == verdict[theirs]:
                 ties[me] += 1
-    penalties = length_penalties([t.model_tokens for t in group.trajectories], length_penalty)
+    lengths = [group.trajectories[i].model_tokens for i in live]
+    penalty = dict(zip(live, length_penalties(lengths, length_penalty), strict=True))
     results = []
     for i in range(k):
+        if i not in penalty:
+            results.append(RewardResult(0.0, {"reason": "truncated"}))
+            continue
         base = (wins[i] + 0.5 * (ties[i] + unparsed[i])) / n[i] if n[i] else 0.5
         info = {"judge_comparisons": n[i], "judge_wins": wins[i], "judge_ties": ties[i], "judge_unparsed": unparsed[i]}
-        results.append(RewardResult(min(1.0, max(0.0, base - penalties[i])), info))
+        results.append(RewardResult(min(1.0, max(0.0, base - penalty[i])), info))
     return results
 
 
 # ----------------------------------------------------------------------------------------- endpoint
+
+
+RETRIED_HTTP = frozenset({408, 409, 429})  # besides 5xx: time-outs, conflicts and rate limits pass
 
 
 class JudgeEndpointError(RuntimeError):
@@ -254,7 +267,7 @@ class _Endpoint:
     """A client of an OpenAI-compatible chat-completions server (standard library only)."""
 
     def __init__(
-        self, url: str, name: str | None, *, timeout_s: float, retries: int, concurrency: int, api_key: str | None
+        self, url: str, name: str | None, *, timeout_s: float, retries: int, concurrency: int, api_key_env: str | None
     ) -> None:
         base, _, fragment = url.partition("#")
         if fragment and name and fragment != name:
@@ -264,16 +277,25 @@ class _Endpoint:
         self.name = fragment or name
         self.timeout_s, self.retries, self.concurrency = timeout_s, retries, concurrency
         self.headers = {"Content-Type": "application/json"}
-        if api_key:
-            self.headers["Authorization"] = f"Bearer {api_key}"
+        if api_key_env:
+            key = os.environ.get(api_key_env)
+            if not key:
+                raise ValueError(
+                    f"judge endpoint {url}: the environment variable {api_key_env} (api_key_env) is not set"
+                )
+            self.headers["Authorization"] = f"Bearer {key}"
 
     def complete_all(self, requests: Sequence[list[dict[str, str]]], max_tokens: int) -> list[str]:
         if not requests:
             return []
         if self.name is None:
             self.name = self._served_model()
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests))) as pool:
-            return list(pool.map(lambda messages: self._complete(messages, max_tokens), requests))
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(requests)))
+        futures = [pool.submit(self._complete, messages, max_tokens) for messages in requests]
+        try:
+            return [future.result() for future in futures]
+        finally:  # the first failure ends the call: queued requests are cancelled, not waited for
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _served_model(self) -> str:
         listing = self._request("/v1/models", None)
@@ -305,16 +327,25 @@ class _Endpoint:
             except urllib.error.HTTPError as exc:
                 detail = exc.read().decode("utf-8", "replace")[:300]
                 error = JudgeEndpointError(f"judge endpoint {url} answered HTTP {exc.code}: {detail}")
-                if exc.code < 500:  # a bad request (wrong model name, ...) will not get better by retrying
+                if exc.code < 500 and exc.code not in RETRIED_HTTP:  # a bad request will not get better
                     raise error from None
+                wait = _retry_after(exc.headers.get("Retry-After") if exc.headers else None)
             except (urllib.error.URLError, OSError) as exc:  # refused, DNS, timeouts (TimeoutError is an OSError)
                 reason = getattr(exc, "reason", exc)
-                error = JudgeEndpointError(f"judge endpoint {url} is unreachable: {reason}")
+                error, wait = JudgeEndpointError(f"judge endpoint {url} is unreachable: {reason}"), 0.0
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise JudgeEndpointError(f"judge endpoint {url} answered something that is not JSON: {exc}") from None
             if attempt < self.retries:
-                time.sleep(0.5 * 2**attempt)
+                time.sleep(max(wait, 0.5 * 2**attempt))
         raise error
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a ``Retry-After`` header asks for (capped at a minute; a date or garbage: 0)."""
+    try:
+        return min(max(float(value or 0), 0.0), 60.0)
+    except ValueError:
+        return 0.0
 
 
 # ------------------------------------------------------------------------------------------- reward
@@ -334,8 +365,10 @@ class PairwiseJudge:
         batch_size: prompts per ``generate`` call on a local judge.
         generator, tokenizer: an already-built local judge (tests, embedding); ``model`` is then a label.
         endpoint_model: the served model name of an endpoint (instead of the URL fragment).
-        concurrency, timeout_s, retries, api_key: the endpoint's requests in flight, per-request timeout
-            (seconds), retries of a transient failure, and bearer token.
+        concurrency, timeout_s, retries: the endpoint's requests in flight, per-request timeout (seconds) and
+            retries of a transient failure (unreachable, time-out, 408 / 409 / 429, 5xx; ``Retry-After`` honoured).
+        api_key_env: the environment variable holding the endpoint's bearer token (never the token itself:
+            the resolved recipe is written into the run folder).
     """
 
     def __init__(
@@ -353,7 +386,7 @@ class PairwiseJudge:
         concurrency: int = 8,
         timeout_s: float = 120.0,
         retries: int = 2,
-        api_key: str | None = None,
+        api_key_env: str | None = None,
     ) -> None:
         if strategy not in ("circular", "all_pairs"):
             raise ValueError(f"judge strategy must be 'circular' or 'all_pairs', got {strategy!r}")
@@ -377,7 +410,7 @@ class PairwiseJudge:
                 timeout_s=timeout_s,
                 retries=retries,
                 concurrency=concurrency,
-                api_key=api_key,
+                api_key_env=api_key_env,
             )
             return
         backend = context.backend if context is not None else None
@@ -394,8 +427,11 @@ class PairwiseJudge:
         requests: list[list[dict[str, str]]] = []
         seen: dict[str, int] = {}
         for g, group in enumerate(groups):
-            answers = [parse_completion(t.final_text, thinking=group.thinking).content for t in group.trajectories]
-            for a, b in comparison_pairs(len(answers), self.strategy):
+            live = [i for i, t in enumerate(group.trajectories) if not t.truncated]
+            answers = {
+                i: parse_completion(group.trajectories[i].final_text, thinking=group.thinking).content for i in live
+            }
+            for a, b in ((live[x], live[y]) for x, y in comparison_pairs(len(live), self.strategy)):
                 messages = judge_messages(group.prompt.messages, answers[a], answers[b])
                 key = json.dumps(messages)
                 if key not in seen:
@@ -404,8 +440,14 @@ class PairwiseJudge:
                 jobs.append((g, (a, b), seen[key]))
         verdicts = [parse_verdict(text) for text in self._complete(requests)]
         unparsed = sum(v is None for v in verdicts)
-        if unparsed:
-            logger.debug("judge: %d of %d verdicts unparseable (scored as ties)", unparsed, len(verdicts))
+        if unparsed > UNPARSED_WARNING * len(verdicts):
+            logger.warning(
+                "judge %s: %d of %d verdicts unparseable, scored as ties (raise max_new_tokens, or use a judge that "
+                'answers {"A": n, "B": n})',
+                self.model,
+                unparsed,
+                len(verdicts),
+            )
         per_group: list[list[tuple[tuple[int, int], Verdict | None]]] = [[] for _ in groups]
         for g, pair, r in jobs:
             per_group[g].append((pair, verdicts[r]))

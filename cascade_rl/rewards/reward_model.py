@@ -19,8 +19,10 @@ weights only, and backends need one reward-model method, not a second scoring-on
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cascade_rl.chat import parse_completion
@@ -35,6 +37,22 @@ def sigmoid(x: float) -> float:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
     return z / (1.0 + z)
+
+
+def check_reward_model_folder(model: str) -> None:
+    """Refuse a folder that is not a one-label sequence classifier: a causal LM would get a fresh, random
+    score head (random rewards, no error)."""
+    config_file = Path(model).expanduser() / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"reward model {model!r}: no model folder there (config.json missing)")
+    config = json.loads(config_file.read_text())
+    architectures = config.get("architectures") or []
+    labels = len(config.get("id2label") or {"0": ""})
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures) or labels != 1:
+        raise ValueError(
+            f"reward model {model!r} is not a one-label AutoModelForSequenceClassification folder (architectures "
+            f"{architectures}, {labels} labels); train one with a reward_model stage and name it stage:NAME"
+        )
 
 
 @register_reward("reward_model")
@@ -65,6 +83,8 @@ class RewardModelReward:
         backend = context.backend if context is not None else None
         if scorer is None and backend is None:
             raise ValueError(f"reward model {self.model!r} needs a backend to load it (RewardContext.backend)")
+        if scorer is None:
+            check_reward_model_folder(self.model)
         self._rm = (
             scorer if scorer is not None else backend.reward_model(self.model, OptimConfig(), 1, max_length=max_length)
         )

@@ -1,4 +1,4 @@
-"""Corrupt-data drill: seeded random corruptions of SFT records, RL prompts and recipes.
+"""Corrupt-data drill: seeded random corruptions of SFT records, RL prompts, preference pairs and recipes.
 
 Every run either stops before any training with ``file:line: reason`` (or the recipe field's path),
 or, with ``on_error: skip``, skips and counts exactly the bad records. Never a traceback of another
@@ -19,12 +19,17 @@ import yaml
 
 from cascade_rl.config import ConfigError, DataConfig, load_config
 from cascade_rl.data.build import sft_records
+from cascade_rl.data.pairs import pair_source
 from cascade_rl.data.sources import DataSourceError, read_records
 from cascade_rl.data.tasks import make_split
 from cascade_rl.loops.preflight import PreflightError, preflight
 
 SFT = [p.sft_record(False) for p in make_split("tool_call", "sft", 6, seed=0)]
 PROMPTS = [{"messages": list(p.messages), "spec": p.spec, "tools": p.tools} for p in make_split("math", "rl", 6)]
+PAIRS = [
+    {"prompt": list(p.prompt), "chosen": p.chosen, "rejected": p.rejected}
+    for p in pair_source(DataConfig(task="chat", n=6), "train")[0]
+]
 WRONG = [7, 2.5, True, None, [], {}, ["x"], {"k": 1}, ""]
 
 
@@ -119,6 +124,24 @@ def test_rl_prompts_stop_in_preflight(tmp_path, seed):
     from cascade_rl.data.build import prompts_for
 
     assert len(prompts_for(DataConfig(path=str(path), on_error="skip"), "rl")) == len(PROMPTS) - 1
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_preference_pairs_stop_in_preflight(tmp_path, seed):
+    """A reward-model stage usually starts after SFT: its pair files are checked before the first stage."""
+    path, line = _drill_file(tmp_path, PAIRS, seed + 2000)
+    stage = {"type": "reward_model", "data": [{"path": str(path)}], "steps": 1}
+    recipe = {"stages": [{"type": "sft", "data": [{"task": "chat", "n": 4}]}, stage], "output_dir": str(tmp_path)}
+    try:
+        preflight(load_config(recipe))
+    except PreflightError as exc:
+        assert f"stages.1 (reward_model).data.0: {path}:{line}: " in str(exc), exc
+    else:
+        assert len(pair_source(DataConfig(path=str(path)), "train")[0]) == len(PAIRS)  # still a valid pair
+        return
+    pairs, stats = pair_source(DataConfig(path=str(path), on_error="skip"), "train")
+    assert (stats.read, stats.used, stats.skipped, len(pairs)) == (len(PAIRS), len(PAIRS) - 1, 1, len(PAIRS) - 1)
+    assert stats.reasons[0].startswith(f"{path}:{line}: ")
 
 
 def test_empty_and_truncated_files(tmp_path):

@@ -63,12 +63,15 @@ class ScriptedJudge:
         return out
 
 
-def make_group(texts: list[str], lengths: list[int] | None = None, thinking: bool = False) -> TrajectoryGroup:
+def make_group(
+    texts: list[str], lengths: list[int] | None = None, thinking: bool = False, truncated: tuple[int, ...] = ()
+) -> TrajectoryGroup:
     prompt = Prompt(({"role": "user", "content": "Say something enthusiastic."},), {}, "chat")
     trajectories = []
     for i, text in enumerate(texts):
         n = lengths[i] if lengths else 2
-        trajectories.append(Trajectory(tuple(range(n)), (1,) * n, (0.0,) * n, ((0, n),), (text,), False, "chat"))
+        cut = i in truncated
+        trajectories.append(Trajectory(tuple(range(n)), (1,) * n, (0.0,) * n, ((0, n),), (text,), cut, "chat"))
     return TrajectoryGroup(prompt, tuple(trajectories), thinking=thinking)
 
 
@@ -202,6 +205,10 @@ def test_unparseable_verdicts_are_counted_ties(tokenizer):
         ('{"verdict": {"A": 4, "B": 6}, "reason": "B is clearer"}', (4.0, 6.0)),
         ('{"A": 7, "B": 4}<|im_end|>', (7.0, 4.0)),
         ("A: 7\nB: 4", (7.0, 4.0)),
+        ("A: 7.\nB: 4.", (7.0, 4.0)),  # a full stop after a score is punctuation, not a decimal point
+        ("Response A: 7. Response B: 4.", (7.0, 4.0)),
+        ("A = 7, B = 4.", (7.0, 4.0)),
+        ('{"A": 1e400, "B": 2}', None),  # an infinite score is no score, and "1" is not read out of "1e400"
         ("**Response A**: 6/10\n**Response B**: 8/10", (6.0, 8.0)),
         ("{'A': 7, 'B': 4}", (7.0, 4.0)),  # a Python-style dict, read by the line fallback
         ("Both responses are fine.", None),
@@ -264,6 +271,22 @@ def test_identical_judge_prompts_are_judged_once(tokenizer):
     assert scores(results) == [[0.5] * 3] and results[0][0].info["judge_ties"] == 4
 
 
+def test_truncated_responses_score_zero_and_are_compared_with_nothing(tokenizer):
+    fn, gen = judge(tokenizer)
+    (results,) = fn([make_group(["a!!!", "b!", "c!!!!!"], truncated=(2,))])
+    # a and b alone: one pair in both orders, a has more bangs; c (the most bangs) was cut off
+    assert [r.score for r in results] == [1.0, 0.0, 0.0] and results[2].info == {"reason": "truncated"}
+    assert gen.calls == [2] and all("c!!!!!" not in a + b for a, b in gen.seen)
+
+
+def test_mostly_unparseable_verdicts_are_warned_about(tokenizer, caplog):
+    fn, _ = judge(tokenizer, lambda a, b: "Both are lovely.")
+    with caplog.at_level("WARNING", logger="cascade_rl.rewards.judge"):
+        (results,) = fn([make_group(["a!", "b!!"])])
+    assert [r.score for r in results] == [0.5, 0.5] and results[0].info["judge_unparsed"] == 2
+    assert "2 of 2 verdicts unparseable" in caplog.text
+
+
 # ------------------------------------------------------------------------------------------ (g) endpoint
 
 
@@ -273,6 +296,8 @@ class _ChatServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _ChatHandler)
         self.bodies: list[dict] = []
+        self.auth: list[str | None] = []
+        self.rate_limited = 0  # requests still to be answered 429 (with Retry-After: 0)
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
 
@@ -300,6 +325,16 @@ class _ChatHandler(BaseHTTPRequestHandler):
             self._reply(404, {"error": {"message": f"The model `{body['model']}` does not exist."}})
             return
         server = self.server
+        with server.lock:
+            server.auth.append(self.headers.get("Authorization"))
+            limited = server.rate_limited > 0
+            server.rate_limited -= limited
+        if limited:
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         with server.lock:
             server.bodies.append(body)
             server.in_flight += 1
@@ -402,3 +437,18 @@ def test_comparison_pairs():
     assert comparison_pairs(2, "circular") == [(0, 1), (1, 0)]
     assert comparison_pairs(3, "circular") == [(0, 1), (1, 0), (1, 2), (2, 1), (2, 0), (0, 2)]
     assert len(comparison_pairs(5, "circular")) == 10 and len(comparison_pairs(5, "all_pairs")) == 20
+
+
+def test_rate_limits_are_retried_and_the_key_comes_from_the_environment(chat_server, monkeypatch):
+    url = f"http://127.0.0.1:{chat_server.server_address[1]}#judge-x"
+    chat_server.rate_limited = 2
+    monkeypatch.setenv("JUDGE_TEST_KEY", "s3cret")
+    fn = PairwiseJudge(model=url, retries=2, concurrency=1, api_key_env="JUDGE_TEST_KEY")
+    assert scores(fn([make_group(["s!", "t!!"])])) == [[0.0, 1.0]]
+    assert len(chat_server.auth) == 2 + 2 and set(chat_server.auth) == {"Bearer s3cret"}  # 2 answered 429 first
+    chat_server.rate_limited = 5
+    with pytest.raises(JudgeEndpointError, match="answered HTTP 429"):
+        PairwiseJudge(model=url, retries=1, concurrency=1)([make_group(["s!", "t!!"])])
+    monkeypatch.delenv("JUDGE_TEST_KEY")
+    with pytest.raises(ValueError, match="JUDGE_TEST_KEY"):
+        PairwiseJudge(model=url, api_key_env="JUDGE_TEST_KEY")

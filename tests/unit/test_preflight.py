@@ -86,3 +86,10 @@ def test_shipped_recipes_pass_preflight(name):
     from cascade_rl.cli import RECIPES
 
     preflight(load_config(RECIPES / f"{name}.yaml"))
+
+
+def test_a_reward_model_stage_on_a_task_without_pairs_is_refused(tmp_path):
+    recipe = _recipe(tmp_path, [{"task": "math", "n": 4}], [{"task": "math", "n": 4}])
+    recipe["stages"].insert(1, {"type": "reward_model", "name": "rm", "data": [{"task": "math"}], "steps": 1})
+    with pytest.raises(PreflightError, match=r"stages\.1 \(rm\)\.data\.0: task 'math' makes no preference pairs"):
+        preflight(load_config(recipe))

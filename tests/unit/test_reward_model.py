@@ -243,3 +243,12 @@ def test_the_reward_model_reward_scores_trajectories_in_unit_range(trained):
         reward(groups)
     with pytest.raises(ValueError, match="needs a backend"):
         build_reward("reward_model", RewardContext(), model=str(trained))
+
+
+def test_a_causal_lm_folder_is_refused_as_a_reward_model(base, trained, tmp_path):
+    """A causal LM would load with a fresh random score head: random rewards, no error. It is refused."""
+    with pytest.raises(ValueError, match="not a one-label AutoModelForSequenceClassification"):
+        build_reward("reward_model", RewardContext(backend=_backend()), model=str(base))
+    with pytest.raises(ValueError, match="no model folder"):
+        build_reward("reward_model", RewardContext(backend=_backend()), model=str(tmp_path / "absent"))
+    build_reward("reward_model", RewardContext(backend=_backend()), model=str(trained)).close()
