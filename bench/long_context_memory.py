@@ -10,7 +10,8 @@ the SFT loss (mean token NLL), on a tiny qwen3 on the CPU in fp32 with one torch
 Model: qwen3, hidden 64, 2 layers, 2 attention heads of 32 (1 KV head), MLP 192, tied embeddings, SDPA; the
 vocabulary is 32K and 128K (the head's [T, V] term is what grows with it). Every configuration runs in a fresh
 subprocess: a warm-up step on 256 tokens (kernels initialised, gradient buffers allocated), then the measured
-step. Its memory is the peak RSS (``ru_maxrss``) minus the RSS right before it, i.e. what the step itself adds.
+step. Its memory is the step's peak RSS minus the RSS right before it, i.e. what the step itself adds (the
+peak is reset right before the step: ``/proc/self/clear_refs``, then ``VmHWM``; elsewhere ``ru_maxrss``).
 
 A plain-transformers step whose [T, V] tensors would not fit in this machine's free memory is not run (that
 would invite the OOM killer): its memory is extrapolated linearly in T from the two longest measured steps of
@@ -65,7 +66,24 @@ def _rss_bytes() -> int:
         return _peak_bytes()
 
 
+def _reset_peak() -> None:
+    """Start the peak-RSS count afresh (Linux), so a warm-up's peak is not taken for the step's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def _peak_bytes() -> int:
+    """The peak RSS since the last ``_reset_peak`` (Linux ``VmHWM``), else since the process started."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
@@ -79,7 +97,7 @@ def _available_bytes() -> int:
         return 8 << 30
 
 
-def _build(vocab: int) -> tuple[Any, Any]:
+def _build(vocab: int, length: int) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -87,7 +105,7 @@ def _build(vocab: int) -> tuple[Any, Any]:
 
     tokenizer = train_tokenizer([f"warm up sentence {i}" for i in range(50)], vocab_size=300)  # ids only
     config = tiny_config("qwen3", tokenizer, **MODEL)
-    config.vocab_size, config.max_position_embeddings = vocab, max(LENGTHS)
+    config.vocab_size, config.max_position_embeddings = vocab, max(length, WARMUP_TOKENS)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
     return model.eval(), tokenizer
@@ -102,7 +120,7 @@ def _tokens(length: int, vocab: int) -> tuple[list[int], list[int]]:
     return tokens, [0] * prompt + [1] * (length - prompt)
 
 
-def _step_fn(method: str, model: Any, tokenizer: Any) -> Any:
+def _step_fn(method: str, model: Any, tokenizer: Any, length: int) -> Any:
     """A function running one training step on ``(tokens, mask)`` and returning its loss."""
     import torch
 
@@ -123,7 +141,7 @@ def _step_fn(method: str, model: Any, tokenizer: Any) -> Any:
         model,
         tokenizer,
         OptimSettings(lr=1e-3, total_steps=1),
-        token_budget=max(LENGTHS),
+        token_budget=max(length, WARMUP_TOKENS),
         layout="padded",
         activation_checkpointing=method == "ours+ckpt",
     )
@@ -141,12 +159,13 @@ def child(method: str, length: int, vocab: int) -> dict[str, float]:
     import torch
 
     torch.set_num_threads(1)
-    model, tokenizer = _build(vocab)
-    step = _step_fn(method, model, tokenizer)
+    model, tokenizer = _build(vocab, length)
+    step = _step_fn(method, model, tokenizer, length)
     step(*_tokens(WARMUP_TOKENS, vocab))  # kernels initialised, .grad buffers allocated
     model.zero_grad(set_to_none=False)
     tokens, mask = _tokens(length, vocab)
     gc.collect()
+    _reset_peak()
     before = _rss_bytes()
     start = time.perf_counter()
     loss = step(tokens, mask)

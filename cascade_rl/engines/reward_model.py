@@ -56,6 +56,10 @@ class RewardModel(Protocol):
 
     def optim_step(self) -> dict[str, float]: ...
 
+    def freeze(self) -> None:
+        """Scoring only from now on: no gradients, weights in the compute precision (the score head in fp32)."""
+        ...
+
     def save(self, path: Path) -> None: ...
 
     def save_state(self, path: Path) -> None: ...
@@ -167,6 +171,12 @@ class LocalRewardModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def freeze(self) -> None:
+        self.model.eval().requires_grad_(False)
+        if self.compute_dtype != torch.float32:  # half the memory of fp32 master weights next to the policy
+            self.model.to(self.compute_dtype)
+            self.model.score.float()
 
     def encode(
         self,

@@ -13,8 +13,8 @@ special tokens (earlier turns of a multi-turn episode are not shown either). The
 (``info["reason"] == "truncated"``), as it does under a verifier.
 
 The model is loaded through the stage's backend as a ``reward_model`` with a placeholder optimizer
-(``OptimConfig()``, one step): AdamW allocates nothing before its first step, so scoring costs the
-weights only, and backends need one reward-model method, not a second scoring-only one.
+(``OptimConfig()``, one step; AdamW allocates nothing before its first step) and then frozen: no
+gradients, the weights in the backend's compute precision (bf16 on a GPU; the score head stays fp32).
 """
 
 from __future__ import annotations
@@ -88,8 +88,7 @@ class RewardModelReward:
         self._rm = (
             scorer if scorer is not None else backend.reward_model(self.model, OptimConfig(), 1, max_length=max_length)
         )
-        if hasattr(self._rm, "model"):
-            self._rm.model.eval().requires_grad_(False)  # scoring only: no gradients kept
+        self._rm.freeze()
 
     def __call__(self, groups: Sequence[TrajectoryGroup]) -> list[list[RewardResult]]:
         if self._rm is None:

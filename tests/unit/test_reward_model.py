@@ -252,3 +252,16 @@ def test_a_causal_lm_folder_is_refused_as_a_reward_model(base, trained, tmp_path
     with pytest.raises(ValueError, match="no model folder"):
         build_reward("reward_model", RewardContext(backend=_backend()), model=str(tmp_path / "absent"))
     build_reward("reward_model", RewardContext(backend=_backend()), model=str(trained)).close()
+
+
+def test_a_frozen_bf16_reward_model_keeps_an_fp32_head_and_close_scores(trained):
+    pairs = read_pairs(DataConfig(task="chat", n=8), "test")
+    exact = _backend().reward_model(trained, OptimConfig(), 1)
+    rows = [exact.encode(p.prompt, p.chosen) for p in pairs]
+    expected = exact.scores(rows)
+    half = LocalBackend(EngineConfig(), ModelConfig(dtype="bfloat16")).reward_model(trained, OptimConfig(), 1)
+    half.freeze()
+    dtypes = {n: p.dtype for n, p in half.model.named_parameters()}
+    assert dtypes.pop("score.weight") == torch.float32 and set(dtypes.values()) == {torch.bfloat16}
+    assert not any(p.requires_grad for p in half.model.parameters())
+    assert half.scores(rows) == pytest.approx(expected, abs=0.05)
