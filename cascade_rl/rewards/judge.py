@@ -362,6 +362,9 @@ class PairwiseJudge:
         strategy: ``circular`` (2K verdicts per group of K) or ``all_pairs`` (K (K - 1)).
         length_penalty: coefficient of the above-mean-length penalty (0 = off).
         max_new_tokens: the judge's generation budget per verdict.
+        prefill: text that starts the judge's answer (local judges), e.g. ``'{"A": '``: a small model that
+            would not otherwise answer in the verdict's shape completes it; the verdict is read from
+            ``prefill`` + what the judge wrote.
         batch_size: prompts per ``generate`` call on a local judge.
         generator, tokenizer: an already-built local judge (tests, embedding); ``model`` is then a label.
         endpoint_model: the served model name of an endpoint (instead of the URL fragment).
@@ -380,6 +383,7 @@ class PairwiseJudge:
         length_penalty: float = 0.0,
         max_new_tokens: int = 64,
         batch_size: int = 32,
+        prefill: str = "",
         generator: Generator | None = None,
         tokenizer: Any = None,
         endpoint_model: str | None = None,
@@ -396,14 +400,14 @@ class PairwiseJudge:
                 f"retries >= 0; got {length_penalty}, {max_new_tokens}, {batch_size}, {concurrency}, {retries}"
             )
         self.model, self.strategy, self.length_penalty = str(model), strategy, length_penalty
-        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.max_new_tokens, self.batch_size, self.prefill = max_new_tokens, batch_size, prefill
         self._endpoint: _Endpoint | None = None
         self._generator: Generator | None = None
         self._tokenizer = tokenizer
         self._closed = False
         if is_endpoint(self.model):
-            if generator is not None:
-                raise ValueError(f"judge model {self.model!r} is an endpoint URL; do not pass a generator as well")
+            if generator is not None or prefill:
+                raise ValueError(f"judge model {self.model!r} is an endpoint URL: no generator or prefill with it")
             self._endpoint = _Endpoint(
                 self.model,
                 endpoint_model,
@@ -465,14 +469,17 @@ class PairwiseJudge:
         params = SamplingParams(
             n=1, temperature=0.0, max_new_tokens=self.max_new_tokens, stop_token_ids=() if eos is None else (eos,)
         )
-        prompts = [encode_prompt(self._tokenizer, messages, None, enable_thinking=False) for messages in requests]
+        start_ids = self._tokenizer(self.prefill, add_special_tokens=False)["input_ids"] if self.prefill else []
+        prompts = [
+            encode_prompt(self._tokenizer, messages, None, enable_thinking=False) + start_ids for messages in requests
+        ]
         texts: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
             outputs = self._generator.generate(chunk, params)
             if len(outputs) != len(chunk) or any(not samples for samples in outputs):
                 raise RuntimeError(f"judge generator returned {len(outputs)} results for {len(chunk)} prompts")
-            texts.extend(self._decode(samples[0]) for samples in outputs)
+            texts.extend(self.prefill + self._decode(samples[0]) for samples in outputs)
         return texts
 
     def _decode(self, completion: Completion) -> str:

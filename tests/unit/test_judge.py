@@ -279,6 +279,21 @@ def test_truncated_responses_score_zero_and_are_compared_with_nothing(tokenizer)
     assert gen.calls == [2] and all("c!!!!!" not in a + b for a, b in gen.seen)
 
 
+def test_a_prefilled_answer_is_continued_and_read_with_its_start(tokenizer):
+    class Prefilled(ScriptedJudge):
+        def generate(self, prompts, params):
+            self.texts = [self.tokenizer.decode(ids, skip_special_tokens=False) for ids in prompts]
+            return super().generate(prompts, params)
+
+    # the judge writes only the rest of the object: '{"A": ' is already in its answer
+    gen = Prefilled(tokenizer, lambda a, b: f'{a.count("!")}, "B": {b.count("!")}}}')
+    fn = PairwiseJudge(model="scripted", generator=gen, tokenizer=tokenizer, prefill='{"A": ')
+    assert scores(fn([make_group(["a!!", "b!"])])) == [[1.0, 0.0]]
+    assert all(text.endswith('<|im_start|>assistant\n<think></think>{"A": ') for text in gen.texts)
+    with pytest.raises(ValueError, match="no generator or prefill"):
+        PairwiseJudge(model="http://127.0.0.1:1#m", prefill="{")
+
+
 def test_mostly_unparseable_verdicts_are_warned_about(tokenizer, caplog):
     fn, _ = judge(tokenizer, lambda a, b: "Both are lovely.")
     with caplog.at_level("WARNING", logger="cascade_rl.rewards.judge"):
