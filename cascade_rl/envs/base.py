@@ -59,6 +59,7 @@ def register_env(name: str) -> Callable[[EnvFactory], EnvFactory]:
 def env_class(name: str) -> EnvFactory:
     """The factory registered as ``name`` (the built-in environments are registered on first use)."""
     import cascade_rl.envs.python_tool
+    import cascade_rl.envs.repo
     import cascade_rl.envs.single_turn
     import cascade_rl.envs.workplace  # noqa: F401
 

@@ -37,7 +37,7 @@ from cascade_rl.rewards.sandbox import SandboxError
 
 logger = logging.getLogger(__name__)
 
-_BUILTIN_MODULES = ("math", "mcqa", "instruct", "structured", "tool_call", "code", "rubric")
+_BUILTIN_MODULES = ("math", "mcqa", "instruct", "structured", "tool_call", "code", "rubric", "swe")
 
 
 class SpecError(ValueError):

@@ -16,6 +16,7 @@ from cascade_rl.data.tasks.instruct import ADVANCED
 DOMAINS = ("math", "instruct", "mcqa", "tool_call", "json_schema", "code")  # single-turn, judged by a verifier
 AGENTIC = ("workplace", "tir_math", "code_tool")  # multi-turn episodes with tools (their own test files)
 OTHERS = ("chat", "long_context")  # a hidden rubric with preference pairs; long inputs (their own test files)
+SWE = ("swe_agentless", "swe_agentic")  # repository fixes graded by sandboxed tests (their own test files)
 DIFFICULTIES = (0, 1, 2)
 
 
@@ -24,8 +25,8 @@ def _texts(problems: list[Problem]) -> set[str]:
 
 
 def test_registry_has_every_domain():
-    assert set(TASKS) == set(DOMAINS) | set(AGENTIC) | set(OTHERS)
-    for name in (*DOMAINS, *AGENTIC, *OTHERS):
+    assert set(TASKS) == set(DOMAINS) | set(AGENTIC) | set(OTHERS) | set(SWE)
+    for name in (*DOMAINS, *AGENTIC, *OTHERS, *SWE):
         task = get_task(name)
         assert isinstance(task, Task)
         assert task.name == name

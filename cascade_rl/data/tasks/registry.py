@@ -29,6 +29,7 @@ from cascade_rl.data.tasks.json_schema import JsonSchemaTask
 from cascade_rl.data.tasks.long_context import LongContextTask
 from cascade_rl.data.tasks.math_problems import MathTask
 from cascade_rl.data.tasks.mcqa import McqaTask
+from cascade_rl.data.tasks.swe import SweAgenticTask, SweAgentlessTask
 from cascade_rl.data.tasks.tir import CodeToolTask, TirMathTask
 from cascade_rl.data.tasks.tool_call import ToolCallTask
 from cascade_rl.data.tasks.workplace import WorkplaceTask
@@ -59,6 +60,8 @@ TASKS: dict[str, Task] = {
         CodeToolTask(),
         ChatTask(),
         LongContextTask(),
+        SweAgentlessTask(),
+        SweAgenticTask(),
     )
 }
 
