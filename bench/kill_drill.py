@@ -1,10 +1,13 @@
 """Kill drill: a tiny cascade killed with SIGKILL at random moments must resume to exactly the uninterrupted result.
 
 The pipeline (SFT -> GRPO -> multi-turn workplace GRPO -> MOPD on a tiny qwen3, every domain evaluated
-after every stage) runs once straight. Then, for every kill, a fresh run of the same recipe is started,
-killed with SIGKILL after a random delay (kill k of N at a random moment of the k-th of N equal slices
-of the straight run's duration: anywhere in SFT, rollouts, an update, an evaluation, a checkpoint or
-ledger write), and resumed with the same command until it finishes. A kill counts as
+after every stage) runs once straight, its timeline measured: start-up and the base model's evaluation,
+then the stages. Then, for every kill, a fresh run of the same recipe is started, killed with SIGKILL
+at a random moment, and resumed with the same command until it finishes. One kill in ten lands in the
+start-up; the others are stratified over the stages (kill k at a random moment of the k-th equal slice:
+anywhere in SFT, rollouts, an update, an evaluation, a checkpoint or ledger write). A moment in the
+stages is counted from when the killed run's base evaluation is written, stretched by how much slower
+than the straight run it got there, so a loaded machine moves the kills with the work. A kill counts as
 identical when the resumed run's ledger (scores, validation scores, checkpoints relative to the run,
 wall times aside) and every stage's final weights equal the straight run's, tensor for tensor. Every
 checkpoint and model folder left on disk, in every run, is opened: one that exists but does not load
@@ -101,10 +104,34 @@ def run_to_end(path: Path) -> None:
         raise RuntimeError(f"run of {path} failed ({proc.returncode}):\n{err.decode()[-3000:]}")
 
 
-def kill_after(path: Path, delay: float) -> bool:
-    """Start the run and SIGKILL it after ``delay`` seconds; False when it finished first."""
-    proc = _start(path)
+BASE_MARKER = ("base", "eval.json")  # written when the start-up and the base model's evaluation are done
+
+
+def timed_run(path: Path, run: Path) -> tuple[float, float]:
+    """Run to the end; (seconds until the base evaluation was written, seconds in all)."""
+    proc, started, base = _start(path), time.perf_counter(), None
+    while proc.poll() is None:
+        if base is None and run.joinpath(*BASE_MARKER).exists():
+            base = time.perf_counter() - started
+        time.sleep(0.02)
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"run of {path} failed ({proc.returncode}):\n{err.decode()[-3000:]}")
+    total = time.perf_counter() - started
+    return (base if base is not None else total), total
+
+
+def kill_at(path: Path, run: Path, delay: float, *, after_base: bool, base_seconds: float) -> bool:
+    """Start the run and SIGKILL it ``delay`` seconds in, or, ``after_base``, that long after its base
+    evaluation was written, scaled by its slowdown against ``base_seconds``; False when it finished first."""
+    proc, started = _start(path), time.perf_counter()
     try:
+        if after_base:
+            while not run.joinpath(*BASE_MARKER).exists():
+                if proc.poll() is not None:
+                    return False
+                time.sleep(0.01)
+            delay *= (time.perf_counter() - started) / base_seconds
         proc.wait(timeout=delay)
         return False
     except subprocess.TimeoutExpired:
@@ -177,28 +204,31 @@ def drill(kills: int, seed: int, work: Path, log: Any = print) -> list[Trial]:
     straight_dir = work / "straight"
     straight_recipe = work / "straight.yaml"
     straight_recipe.write_text(yaml.safe_dump(recipe(straight_dir)))
-    started = time.perf_counter()
-    run_to_end(straight_recipe)
-    duration = time.perf_counter() - started
+    base, duration = timed_run(straight_recipe, straight_dir)
     expected = result(straight_dir)
-    log(f"straight run: {duration:.0f} s")
+    log(f"straight run: {duration:.1f} s (start-up and base evaluation {base:.1f} s, stages {duration - base:.1f} s)")
     rng = random.Random(seed)
+    early = kills // 10  # kills in the start-up; the rest in the stages
     trials = []
     for k in range(kills):
         run = work / f"killed-{k}"
         path = work / f"killed-{k}.yaml"
         path.write_text(yaml.safe_dump(recipe(run)))
-        # stratified over the run (kill k lands in the k-th of N equal slices), so few kills still cover every phase
-        delay = 3.0 + (duration - 3.0) * (k + rng.random()) / kills
-        killed = kill_after(path, delay)
+        # stratified (kill k lands in the k-th equal slice of its part), so few kills still cover every phase
+        if k < early:
+            delay = 1.0 + (base - 1.0) * (k + rng.random()) / early
+        else:
+            delay = (duration - base) * (k - early + rng.random()) / (kills - early)
+        killed = kill_at(path, run, delay, after_base=k >= early, base_seconds=base)
         where = where_it_died(run) if killed else "finished before the kill"
         corrupt = corrupt_folders(run)  # what the kill left behind
         run_to_end(path)  # the same command resumes it
         corrupt += corrupt_folders(run)
         trial = Trial(delay, killed, result(run) == expected, corrupt, where)
         trials.append(trial)
+        moment = f"{delay:.2f} s into the stages" if k >= early else f"{delay:.1f} s after the start"
         log(
-            f"kill {k + 1}/{kills} after {delay:.1f} s ({where}): "
+            f"kill {k + 1}/{kills} {moment} ({where}): "
             f"{'identical' if trial.identical else 'DIFFERENT'}, corrupt folders: {len(corrupt)}"
         )
         shutil.rmtree(run, ignore_errors=True)
