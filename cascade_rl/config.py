@@ -200,6 +200,21 @@ class _RolloutStage(_Stage):
         return value
 
 
+class CurriculumConfig(Frozen):
+    """Prompts that teach nothing any more leave an RL stage's pool (``loops.curriculum``)."""
+
+    solved_visits: int = Field(
+        2, ge=0, description="a prompt every rollout solved on its last K visits leaves (mastered); 0: never"
+    )
+    unsolved_visits: int = Field(
+        4, ge=0, description="a prompt no rollout solved over its last M visits leaves; 0: never"
+    )
+    solved_threshold: float = Field(1.0, description="a rollout with at least this reward solved its prompt")
+    keep_unsolved: float = Field(
+        0.0, ge=0, le=1, description="share of never-solved prompts kept anyway (by a stable hash of the prompt id)"
+    )
+
+
 class RLStage(_RolloutStage):
     """One RL stage of the cascade: a GRPO-family objective on rewards."""
 
@@ -212,6 +227,9 @@ class RLStage(_RolloutStage):
     )
     clip: tuple[float, float] = Field((0.2, 0.2), description="grpo_clip: (low, high) ratio clip (DAPO: 0.2, 0.28)")
     tis_cap: float = Field(2.0, gt=0, description="tis: importance weights are capped here")
+    curriculum: CurriculumConfig | None = Field(
+        None, description="per-prompt pass history: always-solved and never-solved prompts leave the pool"
+    )
 
     @field_validator("advantage")
     @classmethod

@@ -15,8 +15,10 @@ from cascade_rl.config import MOPDStage, RLStage
 from cascade_rl.data.build import prompts_for
 from cascade_rl.engines.backend import Backend, ModelSource
 from cascade_rl.engines.base import Policy, Scorer, TrainBatch
+from cascade_rl.files import write_text_atomic
 from cascade_rl.logging import MetricsLogger, console, progress_bar, read_metrics
 from cascade_rl.loops.common import NonFiniteGuard, checkpoint, resume, save_final, set_seed
+from cascade_rl.loops.curriculum import Curriculum
 from cascade_rl.loops.objectives import OBJECTIVES, Objective, ObjectiveSettings, TeacherRouter, per_domain_means
 from cascade_rl.loops.rollout import PromptPool, Rollouts
 from cascade_rl.rewards.reward_fn import RewardContext, VerifierReward, build_reward
@@ -84,6 +86,7 @@ def run_rl(
     policy = backend.policy(start, stage.optim, stage.steps)
     generator = backend.generator(policy)
     first = resume(run_dir, policy, stage.name, stage.steps)
+    pool.curriculum = load_curriculum(stage, run_dir, first)
     generator.sync(policy, first)
     monitor = (
         VerifierReward(workers=stage.reward_workers)
@@ -107,6 +110,8 @@ def run_rl(
                 logger.log(metrics, step + 1, stage=stage.name)
                 bar.update(reward=f"{metrics.get('reward', 0):.3f}", drop=int(metrics.get("dropped_groups", 0)))
                 if (step + 1) % stage.save_every == 0 and step + 1 < stage.steps:
+                    if pool.curriculum is not None:  # before the checkpoint: a resume from it finds its state
+                        write_text_atomic(curriculum_file(run_dir, step + 1), pool.curriculum.to_json())
                     checkpoint(run_dir, step + 1, policy, {"stage": stage.name}, stage.keep_last)
     finally:
         reward_fn.close()
@@ -115,6 +120,23 @@ def run_rl(
     if monitor is not None:
         warn_on_reward_hacking(stage.name, read_metrics(run_dir))
     return save_final(policy, run_dir / "model")
+
+
+def curriculum_file(run_dir: Path, step: int) -> Path:
+    return run_dir / "curriculum" / f"step_{step}.json"
+
+
+def load_curriculum(stage: RLStage | MOPDStage, run_dir: Path, step: int) -> Curriculum | None:
+    """The stage's curriculum as it was after ``step`` steps (fresh at step 0)."""
+    config = getattr(stage, "curriculum", None)
+    if config is None:
+        return None
+    if step == 0:
+        return Curriculum(config)
+    path = curriculum_file(run_dir, step)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the curriculum state of the step-{step} checkpoint is missing")
+    return Curriculum.from_json(config, path.read_text())
 
 
 def warn_on_reward_hacking(name: str, rows: Sequence[dict]) -> str | None:

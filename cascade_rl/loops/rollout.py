@@ -22,6 +22,7 @@ from cascade_rl.chat import encode_prompt
 from cascade_rl.config import RLStage
 from cascade_rl.engines.base import Generator, SamplingParams
 from cascade_rl.envs import env_class
+from cascade_rl.loops.curriculum import Curriculum
 from cascade_rl.loops.episodes import Budget, EpisodeRunner
 from cascade_rl.rewards.reward_fn import RewardFn, score_groups
 from cascade_rl.types import Prompt, Trajectory, TrajectoryGroup
@@ -29,17 +30,32 @@ from cascade_rl.types import Prompt, Trajectory, TrajectoryGroup
 
 @dataclass
 class PromptPool:
-    """The stage's prompts by source, sampled by source weight."""
+    """The stage's prompts by source, sampled by source weight; with a curriculum, only its active ones
+    (all of them again, should every prompt have left)."""
 
     prompts: list[list[Prompt]]
     weights: list[float]
+    curriculum: Curriculum | None = None
 
     def sample(self, count: int, rng: random.Random) -> list[Prompt]:
+        sources, weights = self.prompts, self.weights
+        if self.curriculum is not None:
+            active = [[p for p in source if self.curriculum.is_active(p.uid)] for source in self.prompts]
+            if any(active):
+                sources, weights = active, [w if a else 0.0 for w, a in zip(self.weights, active, strict=True)]
         out = []
         for _ in range(count):
-            s = rng.choices(range(len(self.prompts)), weights=self.weights)[0]
-            out.append(self.prompts[s][rng.randrange(len(self.prompts[s]))])
+            s = rng.choices(range(len(sources)), weights=weights)[0]
+            out.append(sources[s][rng.randrange(len(sources[s]))])
         return out
+
+    def record(self, groups: Sequence[TrajectoryGroup]) -> dict[str, float]:
+        """Every scored group's visit in the curriculum (kept or filtered alike); its counts as metrics."""
+        if self.curriculum is None:
+            return {}
+        for group in groups:
+            self.curriculum.record(group.prompt.uid, [t.reward for t in group.trajectories])
+        return {f"curriculum/{k}": float(v) for k, v in self.curriculum.counts().items()}
 
 
 @dataclass
@@ -125,6 +141,7 @@ class Rollouts:
         seen: list[Trajectory] = []
         dropped = rounds = produced = 0
         gen_time = 0.0
+        curriculum: dict[str, float] = {}
         while len(kept) < stage.prompts_per_step and rounds < stage.max_sampling_rounds:
             rng = random.Random(f"{stage.seed}:{step}:{rounds}")
             prompts = self.pool.sample(stage.prompts_per_step - len(kept), rng)
@@ -133,14 +150,16 @@ class Rollouts:
             groups = self.episodes.run(prompts, self.encode, params, first_index=produced)
             produced += len(groups)
             gen_time += time.perf_counter() - t0
-            for group in with_rewards(groups, self.reward_fn):
+            scored = with_rewards(groups, self.reward_fn)
+            curriculum = self.pool.record(scored)
+            for group in scored:
                 seen.extend(group.trajectories)
                 if filtering and not has_signal(group, stage.overlong_filtering):
                     dropped += 1
                 else:
                     kept.append(group)
             rounds += 1
-        stats = rollout_stats(seen)
+        stats = rollout_stats(seen) | curriculum
         if self.monitor is not None and seen:
             stats["spec_reward"] = self._monitored(kept)
         gen_tokens = sum(t.model_tokens for t in seen)

@@ -200,3 +200,41 @@ def test_reward_hacking_is_reported_when_the_reward_rises_alone():
     honest = [{"reward": 0.2 + 0.05 * i, "spec_reward": 0.3 + 0.02 * i} for i in range(10)]
     assert warn_on_reward_hacking("rlhf", honest) is None  # the verifier rose too (+0.16)
     assert warn_on_reward_hacking("rlhf", rising[:3]) is None  # too few steps to tell
+
+
+class AlwaysRight(Says):
+    def __call__(self, groups: Sequence[Any]) -> list[list[RewardResult]]:
+        return [[RewardResult(1.0) for _ in g.trajectories] for g in groups]
+
+
+def test_a_curriculum_retires_mastered_prompts_and_a_resume_continues_it(tokenizer, setup, tmp_path, monkeypatch):
+    from cascade_rl.config import CurriculumConfig, RewardConfig
+    from cascade_rl.logging import read_metrics
+
+    stage, generator, _ = setup
+    monkeypatch.setitem(REWARD_FNS, "always_right", AlwaysRight)
+    stage = stage.model_copy(
+        update={
+            "reward": RewardConfig(type="always_right"),
+            "dynamic_filtering": False,
+            "curriculum": CurriculumConfig(solved_visits=1),  # one all-solved visit retires a prompt
+            "steps": 4,
+        }
+    )
+    run = tmp_path / "run"
+    run_rl(stage, FakeBackend(tokenizer, generator), "start-model", run)
+    steps = _chunks(generator.prompts, 2)  # one generate call of 2 prompts per step (nothing filtered)
+    for s, prompts in enumerate(steps):
+        assert not any(p in earlier for earlier in steps[:s] for p in prompts)  # retired prompts never return
+    distinct = [len({tuple(p) for step in steps[: s + 1] for p in step}) for s in range(4)]
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["curriculum/mastered"] for r in rows] == distinct == [r["curriculum/seen"] for r in rows]
+    assert [r["curriculum/active"] for r in rows] == [0.0] * 4 and (run / "curriculum" / "step_2.json").is_file()
+    (run / "model" / "config.json").unlink()  # as if killed after the step-2 checkpoint
+    again = ScriptedGenerator(generator.script)
+    run_rl(stage, FakeBackend(tokenizer, again), "start-model", run)
+    assert again.prompts == generator.prompts[4:]  # the retired prompts of steps 1-2 stay retired
+    (run / "model" / "config.json").unlink()
+    (run / "curriculum" / "step_2.json").unlink()
+    with pytest.raises(FileNotFoundError, match="curriculum state of the step-2 checkpoint is missing"):
+        run_rl(stage, FakeBackend(tokenizer, ScriptedGenerator(generator.script)), "start-model", run)

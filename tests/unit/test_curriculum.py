@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cascade_rl.swe.curriculum import Curriculum, CurriculumConfig
+from cascade_rl.config import CurriculumConfig
+from cascade_rl.loops.curriculum import Curriculum
 
 
 def test_instances_solved_by_every_rollout_of_the_last_k_visits_leave():
@@ -43,7 +44,7 @@ def test_a_share_of_never_solved_instances_is_kept_and_zero_disables_a_rule():
 def test_bad_settings_and_empty_visits_are_refused():
     with pytest.raises(ValueError, match="keep_unsolved"):
         CurriculumConfig(keep_unsolved=1.5)
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(ValueError, match="greater than or equal to 0"):
         CurriculumConfig(solved_visits=-1)
     with pytest.raises(ValueError, match="at least one"):
         Curriculum().record("a", [])

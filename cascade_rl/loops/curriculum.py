@@ -1,4 +1,4 @@
-"""A pass-history curriculum: instances that teach nothing any more leave the prompt pool.
+"""A pass-history curriculum: prompts that teach nothing any more leave an RL stage's prompt pool.
 
 Each visit of an instance (one RL step that sampled it) records how many of its rollouts solved it.
 An instance leaves the pool when
@@ -15,25 +15,14 @@ Pure bookkeeping: no I/O, no randomness beyond the hash, deterministic in the vi
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
+
+from cascade_rl.config import CurriculumConfig
 
 Verdict = Literal["active", "mastered", "unsolved"]
-
-
-@dataclass(frozen=True)
-class CurriculumConfig:
-    solved_visits: int = 2  # K: consecutive all-solved visits that retire an instance (0: never retire)
-    unsolved_visits: int = 4  # consecutive none-solved visits that retire an instance (0: never retire)
-    solved_threshold: float = 1.0  # a rollout with at least this reward counts as solving
-    keep_unsolved: float = 0.0  # share of never-solved instances kept anyway, in [0, 1]
-
-    def __post_init__(self) -> None:
-        if self.solved_visits < 0 or self.unsolved_visits < 0:
-            raise ValueError("solved_visits and unsolved_visits must be >= 0")
-        if not 0.0 <= self.keep_unsolved <= 1.0:
-            raise ValueError(f"keep_unsolved must be in [0, 1], got {self.keep_unsolved}")
 
 
 @dataclass
@@ -84,6 +73,17 @@ class Curriculum:
             "mastered": values.count("mastered"),
             "unsolved": values.count("unsolved"),
         }
+
+    def to_json(self) -> str:
+        """The pass history and the retired ids (written with every checkpoint: a resume continues it)."""
+        history = {uid: [list(v) for v in visits] for uid, visits in self.history.items()}
+        return json.dumps({"history": history, "retired": self.retired}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, config: CurriculumConfig, text: str) -> Curriculum:
+        state = json.loads(text)
+        history = {uid: [(int(s), int(n)) for s, n in visits] for uid, visits in state["history"].items()}
+        return cls(config, history, cast(dict[str, Verdict], dict(state["retired"])))
 
     def solve_rate(self, uid: str) -> float | None:
         """The share of all recorded rollouts of ``uid`` that solved it (None before any visit)."""
