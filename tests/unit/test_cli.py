@@ -156,10 +156,8 @@ def test_shipped_recipes_resolve_by_name_and_ship_in_the_wheel(tmp_path):
     assert recipe_path(Path("smollm2-cascade.yaml")) == RECIPES / "smollm2-cascade.yaml"
     result = runner.invoke(app, ["run", "no-such-recipe"])
     said = " ".join(result.output.split())  # the console wraps long lines
-    assert (
-        result.exit_code == 2
-        and "shipped recipes: nemotron-cascade-2, smollm2-cascade, smollm2-rlhf, tiny-cascade, tiny-rlhf" in said
-    )
+    shipped = "nemotron-cascade-2, smollm2-cascade, smollm2-rlhf, tiny-cascade, tiny-rlhf, tiny-swe"
+    assert result.exit_code == 2 and f"shipped recipes: {shipped}" in said
     repo, source = Path(__file__).resolve().parents[2], tmp_path / "source"  # a copy: builds leave build/ behind
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):

@@ -81,7 +81,7 @@ def test_a_reward_that_names_no_earlier_stage_is_refused(tmp_path):
     assert "stages.1 (rl).reward.args.model: 'stage:rm' names no earlier stage (earlier: sft)" in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["tiny-cascade", "tiny-rlhf", "smollm2-cascade", "smollm2-rlhf"])
+@pytest.mark.parametrize("name", ["tiny-cascade", "tiny-rlhf", "tiny-swe", "smollm2-cascade", "smollm2-rlhf"])
 def test_shipped_recipes_pass_preflight(name):
     from cascade_rl.cli import RECIPES
 
