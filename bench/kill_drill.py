@@ -7,7 +7,8 @@ at a random moment, and resumed with the same command until it finishes. One kil
 start-up; the others are stratified over the stages (kill k at a random moment of the k-th equal slice:
 anywhere in SFT, rollouts, an update, an evaluation, a checkpoint or ledger write). A moment in the
 stages is counted from when the killed run's base evaluation is written, stretched by how much slower
-than the straight run it got there, so a loaded machine moves the kills with the work. A kill counts as
+than the straight run it got there, so a loaded machine moves the kills with the work; a run that
+finishes before its moment is started afresh with an earlier one. A kill counts as
 identical when the resumed run's ledger (scores, validation scores, checkpoints relative to the run,
 wall times aside) and every stage's final weights equal the straight run's, tensor for tensor. Every
 checkpoint and model folder left on disk, in every run, is opened: one that exists but does not load
@@ -104,6 +105,7 @@ def run_to_end(path: Path) -> None:
         raise RuntimeError(f"run of {path} failed ({proc.returncode}):\n{err.decode()[-3000:]}")
 
 
+RETRIES = 4  # fresh starts, each with a moment 0.7x earlier, when a run finished before its kill
 BASE_MARKER = ("base", "eval.json")  # written when the start-up and the base model's evaluation are done
 
 
@@ -220,6 +222,12 @@ def drill(kills: int, seed: int, work: Path, log: Any = print) -> list[Trial]:
         else:
             delay = (duration - base) * (k - early + rng.random()) / (kills - early)
         killed = kill_at(path, run, delay, after_base=k >= early, base_seconds=base)
+        for _ in range(RETRIES):  # a run that outpaced its kill moment is no kill: start afresh, earlier
+            if killed:
+                break
+            shutil.rmtree(run, ignore_errors=True)
+            delay *= 0.7
+            killed = kill_at(path, run, delay, after_base=k >= early, base_seconds=base)
         where = where_it_died(run) if killed else "finished before the kill"
         corrupt = corrupt_folders(run)  # what the kill left behind
         run_to_end(path)  # the same command resumes it
@@ -248,7 +256,9 @@ def main() -> None:
     for t in trials:
         for line in t.corrupt:
             print(f"corrupt: {line}")
-    print(f"identical: {sum(t.identical for t in trials)}/{len(trials)}, corrupt: {corrupt}")
+    landed = sum(t.killed for t in trials)
+    print(f"kills that landed before the run finished: {landed}/{len(trials)} (only those count as identical)")
+    print(f"identical: {sum(t.identical and t.killed for t in trials)}/{len(trials)}, corrupt: {corrupt}")
 
 
 if __name__ == "__main__":
