@@ -309,6 +309,44 @@ def demo(
         _fail(str(exc))
 
 
+@app.command("swe-prompts")
+def swe_prompts(
+    instances: Annotated[Path, typer.Argument(help="SWE-bench / SWE-Gym instances, JSONL (one per line)")],
+    out: Annotated[Path, typer.Argument(help="RL / evaluation prompt file to write (JSONL)")],
+    mode: Annotated[str, typer.Option(help="agentless (issue + files, edit blocks) or agentic (repository tools)")] = (
+        "agentless"
+    ),
+    on_error: Annotated[str, typer.Option(help="a bad instance: raise (stop) or skip (and count it)")] = "raise",
+    domain: Annotated[str, typer.Option(help="ledger domain of the prompts")] = "swe",
+) -> None:
+    """Turn SWE instances into prompts with ``swe`` specs, graded by their tests in the sandbox."""
+    from cascade_rl.data.sources import DataSourceError
+    from cascade_rl.data.tasks.swe import instance_prompt
+    from cascade_rl.files import write_text_atomic
+    from cascade_rl.swe.instance import read_instances
+
+    if mode not in ("agentless", "agentic") or on_error not in ("raise", "skip"):
+        _fail(f"--mode must be agentless or agentic and --on-error raise or skip, got {mode!r} and {on_error!r}")
+    try:
+        found, stats = read_instances(instances, on_error=on_error)  # type: ignore[arg-type]
+    except DataSourceError as exc:
+        _fail(str(exc))
+    lines = []
+    for instance in found:
+        prompt = instance_prompt(instance, mode, domain=domain)
+        record = {"messages": list(prompt.messages), "spec": prompt.spec, "domain": prompt.domain}
+        if prompt.tools:
+            record["tools"] = list(prompt.tools)
+        if prompt.env != "single_turn":
+            record["env"] = prompt.env
+        lines.append(json.dumps(record))
+    if not lines:
+        _fail(f"{instances}: no usable instances ({stats.skipped} skipped)")
+    write_text_atomic(out, "\n".join(lines) + "\n")
+    skipped = f", {stats.skipped} skipped (first: {stats.reasons[0]})" if stats.skipped else ""
+    console.print(f"{out}: {len(lines)} {mode} prompts from {stats.read} instances{skipped}", highlight=False)
+
+
 def main() -> None:
     sys.exit(app())
 

@@ -169,3 +169,32 @@ def test_shipped_recipes_resolve_by_name_and_ship_in_the_wheel(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert {f"cascade_rl/recipes/{n}.yaml" for n in ("tiny-cascade", "smollm2-cascade")} <= set(names)
     assert "cascade_rl/chat/cascade2.jinja" in names
+
+
+def test_swe_instances_become_prompts_graded_by_their_tests(tmp_path):
+    import json
+    import random
+
+    from cascade_rl.config import DataConfig
+    from cascade_rl.data.build import prompts_for
+    from cascade_rl.rewards import verify
+    from cascade_rl.swe.patch import format_edit_block
+    from cascade_rl.swe.procedural import generate
+
+    made = [generate(random.Random(f"cli/{i}"), 0) for i in range(2)]
+    instances = tmp_path / "instances.jsonl"
+    lines = [json.dumps(m.instance.to_dict()) for m in made]
+    instances.write_text("\n".join([lines[0], '{"instance_id": "broken"}', lines[1]]) + "\n")
+    out = tmp_path / "prompts.jsonl"
+    result = runner.invoke(app, ["swe-prompts", str(instances), str(out)])
+    assert result.exit_code == 2 and f"{instances}:2:'problem_statement'" in "".join(result.output.split())
+    result = runner.invoke(app, ["swe-prompts", str(instances), str(out), "--on-error", "skip"])
+    assert result.exit_code == 0 and "2agentlesspromptsfrom3instances,1skipped" in "".join(result.output.split())
+    prompts = prompts_for(DataConfig(path=str(out)), "rl")
+    assert [p.spec["type"] for p in prompts] == ["swe", "swe"] and {p.domain for p in prompts} == {"swe"}
+    gold = format_edit_block(made[0].gold)
+    assert verify(gold, prompts[0].spec).score == 1.0 and verify("no edit", prompts[0].spec).score == 0.0
+    agentic = tmp_path / "agentic.jsonl"
+    args = ["swe-prompts", str(instances), str(agentic), "--mode", "agentic", "--on-error", "skip"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert {p.env for p in prompts_for(DataConfig(path=str(agentic)), "rl")} == {"swe_agentic"}
