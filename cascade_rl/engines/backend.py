@@ -133,16 +133,7 @@ class LocalBackend:
     ) -> LocalPolicy:
         module, tokenizer = self._load(model, torch.float32)  # fp32 master weights, whatever the compute dtype
         apply_freeze(module, list(optim.freeze))
-        settings = OptimSettings(
-            lr=optim.lr,
-            total_steps=total_steps,
-            betas=optim.betas,
-            weight_decay=optim.weight_decay,
-            warmup_steps=optim.warmup_steps,
-            warmup_start_lr=optim.warmup_start_lr,
-            min_lr=optim.min_lr,
-            grad_clip=optim.grad_clip,
-        )
+        settings = OptimSettings.from_config(optim, total_steps)
         return LocalPolicy(
             module,
             tokenizer,
@@ -192,16 +183,7 @@ class LocalBackend:
             del causal
         module.to("cuda" if torch.cuda.is_available() else "cpu")
         apply_freeze(module, list(optim.freeze))
-        settings = OptimSettings(
-            lr=optim.lr,
-            total_steps=total_steps,
-            betas=optim.betas,
-            weight_decay=optim.weight_decay,
-            warmup_steps=optim.warmup_steps,
-            warmup_start_lr=optim.warmup_start_lr,
-            min_lr=optim.min_lr,
-            grad_clip=optim.grad_clip,
-        )
+        settings = OptimSettings.from_config(optim, total_steps)
         return LocalRewardModel(
             module,
             tokenizer,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from cascade_rl.engines.microbatch import (
     values_SL,
 )
 from cascade_rl.engines.sampling import sample_next
+from cascade_rl.engines.training import AdamWTrainer, OptimSettings
 from cascade_rl.types import Completion
 
 
@@ -245,31 +244,7 @@ class LocalScorer:
         return result
 
 
-def lr_lambda(step: int, *, warmup: int, total: int, start_ratio: float, floor_ratio: float | None) -> float:
-    """Linear warm-up from ``start_ratio`` to 1, then cosine to ``floor_ratio`` (None: constant)."""
-    if step < warmup:
-        return start_ratio + (1.0 - start_ratio) * step / warmup
-    if floor_ratio is None:
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor_ratio + (1.0 - floor_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-@dataclass(frozen=True)
-class OptimSettings:
-    """What the policy's AdamW and schedule need (the recipe's ``optim`` block, resolved per stage)."""
-
-    lr: float
-    total_steps: int
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    warmup_start_lr: float = 0.0
-    min_lr: float | None = None
-    grad_clip: float = 1.0
-
-
-class LocalPolicy(LocalScorer):
+class LocalPolicy(LocalScorer, AdamWTrainer):
     """A trainable policy: forward/backward over micro-batches with the step's global normalisers, then AdamW.
 
     The module's parameters stay fp32 (the master weights: a bf16 weight cannot take a 3e-6 step, its
@@ -293,33 +268,13 @@ class LocalPolicy(LocalScorer):
             raise ValueError("LocalPolicy keeps fp32 master weights: load the trained model in float32")
         super().__init__(model, token_budget=token_budget, layout=layout, compute_dtype=compute_dtype)
         self.tokenizer = tokenizer
-        self.grad_clip = optim.grad_clip
         self.save_dtype = save_dtype
         self.activation_checkpointing = activation_checkpointing
         # MoE routers that train get the load-balancing loss the CausalLM forward would have added.
         self.router_aux_coef = float(getattr(model.config, "router_aux_loss_coef", 0.0) or 0.0)
         if not any(p.requires_grad for n, p in model.named_parameters() if ".gate." in n or "router" in n):
             self.router_aux_coef = 0.0
-        trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        decay = [p for n, p in trained if p.ndim >= 2 and "norm" not in n]
-        no_decay = [p for n, p in trained if p.ndim < 2 or "norm" in n]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=optim.lr,
-            betas=optim.betas,
-            foreach=True,
-        )
-        ratio = None if optim.min_lr is None else optim.min_lr / optim.lr
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_lambda(
-                s,
-                warmup=optim.warmup_steps,
-                total=optim.total_steps,
-                start_ratio=optim.warmup_start_lr / optim.lr,
-                floor_ratio=ratio,
-            ),
-        )
+        self._init_optimizer(optim)
 
     def forward_backward(
         self, batch: TrainBatch, loss: str, config: Mapping[str, Any] | None = None
@@ -358,51 +313,15 @@ class LocalPolicy(LocalScorer):
         experts = getattr(config, "num_experts", None) or config.n_routed_experts
         return load_balancing_loss(routers, experts, config.num_experts_per_tok, real)
 
-    def optim_step(self) -> dict[str, float]:
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        lr = self.scheduler.get_last_lr()[0]
-        if all(p.grad is None for p in params):  # nothing was trained this step; the schedule keeps its pace
-            self._advance_schedule()
-            return {"skipped_update": 1.0, "lr": lr}
-        if self.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-        if not torch.isfinite(norm):  # a NaN / inf loss or gradient: not applied (the weights stay finite)
-            self.optimizer.zero_grad(set_to_none=True)
-            self._advance_schedule()
-            return {"nonfinite_update": 1.0, "lr": lr}
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"grad_norm": float(norm), "lr": lr}
-
-    def _advance_schedule(self) -> None:
-        with warnings.catch_warnings():  # torch warns when the schedule moves before any optimizer step
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
-            self.scheduler.step()
-
     def save(self, path: Path) -> None:
         from cascade_rl.model.load import save
 
         save(self.model, self.tokenizer, path, dtype=self.save_dtype)
 
-    def save_state(self, path: Path) -> None:
-        """``trainer_state.pt`` (optimizer, schedule, RNG) and ``model/`` (the fp32 master weights, an HF folder)."""
-        from cascade_rl.checkpoint import write_trainer_state
-        from cascade_rl.model.load import save
-
-        write_trainer_state(path, self.optimizer, self.scheduler)  # first: it captures the RNG
-        save(self.model, self.tokenizer, path / "model")
-
-    def load_state(self, path: Path) -> None:
+    def _reload(self, folder: Path) -> PreTrainedModel:
         from transformers import AutoModelForCausalLM
 
-        from cascade_rl.checkpoint import read_trainer_state
-
-        saved = AutoModelForCausalLM.from_pretrained(path / "model", dtype=torch.float32)
-        self.model.load_state_dict(saved.state_dict())  # in place: the optimizer keeps its parameters
-        read_trainer_state(path, self.optimizer, self.scheduler)  # RNG restored last
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 
 
 def _real_tokens(mb: MicroBatch) -> int:

@@ -19,7 +19,6 @@ tokenizer); ``save_state`` / ``load_state`` resume exactly, through ``checkpoint
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,7 +28,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from cascade_rl.algo.losses import bradley_terry_loss, summarize_metrics
 from cascade_rl.chat import render
-from cascade_rl.engines.local import OptimSettings, autocast, lr_lambda
+from cascade_rl.engines.local import autocast
+from cascade_rl.engines.training import AdamWTrainer, OptimSettings
 
 Encoded = Sequence[int]
 
@@ -120,7 +120,7 @@ def load_reward_model(folder: str | Path, *, seed: int = 0, name: str | None = N
     return model
 
 
-class LocalRewardModel:
+class LocalRewardModel(AdamWTrainer):
     """Scores conversations and trains on preference pairs with the Bradley-Terry loss.
 
     ``token_budget``: padded tokens per forward pass (rows x longest row), the pair's two rows kept
@@ -145,28 +145,7 @@ class LocalRewardModel:
         self.compute_dtype, self.save_dtype = compute_dtype, save_dtype
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         model.config.pad_token_id = self.pad_id  # transformers' own pooling finds the last token by it
-        self.grad_clip = optim.grad_clip
-        trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        decay = [p for n, p in trained if p.ndim >= 2 and "norm" not in n]
-        no_decay = [p for n, p in trained if p.ndim < 2 or "norm" in n]
-        # AdamW allocates its moments at the first step: a scoring-only model costs no optimizer memory
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=optim.lr,
-            betas=optim.betas,
-            foreach=True,
-        )
-        ratio = None if optim.min_lr is None else optim.min_lr / optim.lr
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lambda s: lr_lambda(
-                s,
-                warmup=optim.warmup_steps,
-                total=optim.total_steps,
-                start_ratio=optim.warmup_start_lr / optim.lr,
-                floor_ratio=ratio,
-            ),
-        )
+        self._init_optimizer(optim)
 
     @property
     def device(self) -> torch.device:
@@ -253,48 +232,11 @@ class LocalRewardModel:
         count = max(totals.get("pairs", 0.0), 1.0)
         return {**totals, "accuracy": totals["accuracy_sum"] / count, "margin": totals["margin_sum"] / count}
 
-    def optim_step(self) -> dict[str, float]:
-        """Apply the accumulated gradients (clipped); a non-finite gradient norm is not applied."""
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        lr = self.scheduler.get_last_lr()[0]
-        if all(p.grad is None for p in params):
-            self._advance_schedule()
-            return {"skipped_update": 1.0, "lr": lr}
-        if self.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None]))
-        if not torch.isfinite(norm):  # a NaN / inf loss or gradient: the weights stay as they were
-            self.optimizer.zero_grad(set_to_none=True)
-            self._advance_schedule()
-            return {"nonfinite_update": 1.0, "lr": lr}
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"grad_norm": float(norm), "lr": lr}
-
-    def _advance_schedule(self) -> None:
-        with warnings.catch_warnings():  # torch warns when the schedule moves before any optimizer step
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
-            self.scheduler.step()
-
     def save(self, path: Path) -> None:
         """A plain HF folder (``AutoModelForSequenceClassification``, one label) with the tokenizer."""
         from cascade_rl.model.load import save
 
         save(self.model, self.tokenizer, path, dtype=self.save_dtype)
 
-    def save_state(self, path: Path) -> None:
-        """``trainer_state.pt`` (optimizer, schedule, RNG) and ``model/`` (the fp32 weights)."""
-        from cascade_rl.checkpoint import write_trainer_state
-        from cascade_rl.model.load import save
-
-        write_trainer_state(path, self.optimizer, self.scheduler)  # first: it captures the RNG
-        save(self.model, self.tokenizer, path / "model")
-
-    def load_state(self, path: Path) -> None:
-        from cascade_rl.checkpoint import read_trainer_state
-
-        saved = load_reward_model(path / "model")
-        self.model.load_state_dict(saved.state_dict())  # in place: the optimizer keeps its parameters
-        read_trainer_state(path, self.optimizer, self.scheduler)  # RNG restored last
+    def _reload(self, folder: Path) -> PreTrainedModel:
+        return load_reward_model(folder)
