@@ -14,7 +14,6 @@ have a ``pair_of(problem, rng)`` method.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cascade_rl.config import DataConfig
-from cascade_rl.data.sources import MAX_KEPT_REASONS, DataSourceError, RecordError, SourceStats, validate_record
+from cascade_rl.data.sources import DataSourceError, RecordError, SourceStats, read_validated, validate_record
 from cascade_rl.data.tasks import get_task, make_split
 from cascade_rl.logging import console
 
@@ -91,25 +90,11 @@ def _file_pairs(config: DataConfig) -> tuple[list[Pair], SourceStats]:
     path = Path(config.path or "")
     if not path.is_file():
         raise DataSourceError(f"{path}: pair file not found")
-    stats = SourceStats(name=path.name)
-    pairs: list[Pair] = []
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, 1):
-            if not raw.strip():
-                continue
-            stats.read += 1
-            where = f"{path}:{line_no}"
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-                pairs.append(validate_pair(obj, where=where, domain=config.domain, default_domain=path.stem))
-            except (UnicodeDecodeError, ValueError) as exc:  # RecordError and JSONDecodeError are ValueErrors
-                reason = f"invalid JSON: {exc}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-                if config.on_error == "raise":
-                    raise DataSourceError(f"{where}: {reason}") from None
-                stats.skipped += 1
-                if len(stats.reasons) < MAX_KEPT_REASONS:
-                    stats.reasons.append(f"{where}: {reason}")
-    stats.used = len(pairs)
+    pairs, stats = read_validated(
+        path,
+        lambda obj, where: validate_pair(obj, where=where, domain=config.domain, default_domain=path.stem),
+        on_error=config.on_error,
+    )
     if not pairs:
         detail = f"all {stats.read} lines were malformed and skipped" if stats.read else "it holds no pairs"
         raise DataSourceError(f"{path}: no usable preference pairs ({detail})")

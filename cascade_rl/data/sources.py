@@ -23,10 +23,10 @@ import gzip
 import json
 import math
 import random
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 ROLES = ("system", "user", "assistant", "tool", "developer")
 TOOL_SHAPE = "{'type': 'function', 'function': {'name': ..., 'parameters': {...}}}"
 MAX_KEPT_REASONS = 20
+T = TypeVar("T")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 PARQUET_SUFFIXES = (".parquet",)
 
@@ -345,14 +346,15 @@ def _row_sources(source: Any, name: str) -> Iterator[Iterator[_Row]]:
         )
 
 
-def read_records(
+def read_validated(
     source: Source,
+    validate: Callable[[dict[str, Any], str], T],
     *,
     on_error: OnError = "raise",
     name: str | None = None,
-    require_assistant: bool = True,
-) -> tuple[list[Record], SourceStats]:
-    """Read and validate every record of a source.
+) -> tuple[list[T], SourceStats]:
+    """Every row of a source through ``validate(row, where)``, which raises ``ValueError`` (a ``RecordError``)
+    naming what is wrong with a row.
 
     Args:
         source: a ``.jsonl`` / ``.jsonl.gz`` / ``.parquet`` file, a directory of them (read in
@@ -360,28 +362,41 @@ def read_records(
         on_error: "raise" stops at the first bad row with ``DataSourceError("{where}: {reason}")``;
             "skip" drops it, counts it and keeps the first ``MAX_KEPT_REASONS`` reasons.
         name: label for stats and error locations of in-memory datasets (default: file name).
-        require_assistant: see ``validate_record``.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     stats = SourceStats(name=name or _source_name(source))
-    records: list[Record] = []
+    out: list[T] = []
     for rows in _row_sources(source, stats.name):
         for where, obj, reason in rows:
             stats.read += 1
             if reason is None:
                 try:
-                    records.append(validate_record(obj, require_assistant=require_assistant))
+                    out.append(validate(obj, where))
                     continue
-                except RecordError as err:
+                except ValueError as err:
                     reason = str(err)
             if on_error == "raise":
                 raise DataSourceError(f"{where}: {reason}")
             stats.skipped += 1
             if len(stats.reasons) < MAX_KEPT_REASONS:
                 stats.reasons.append(f"{where}: {reason}")
-    stats.used = len(records)
-    return records, stats
+    stats.used = len(out)
+    return out, stats
+
+
+def read_records(
+    source: Source,
+    *,
+    on_error: OnError = "raise",
+    name: str | None = None,
+    require_assistant: bool = True,
+) -> tuple[list[Record], SourceStats]:
+    """Read and validate every chat record of a source (``read_validated`` with ``validate_record``;
+    ``require_assistant``: see there)."""
+    return read_validated(
+        source, lambda obj, _: validate_record(obj, require_assistant=require_assistant), on_error=on_error, name=name
+    )
 
 
 # --------------------------------------------------------------------------- length policy

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cascade_rl.data.sources import MAX_KEPT_REASONS, DataSourceError, OnError, RecordError, SourceStats
+from cascade_rl.data.sources import DataSourceError, OnError, RecordError, SourceStats, read_validated
 from cascade_rl.swe.patch import PatchError, clean_path, diff_paths, parse_diff
 
 MAX_SNAPSHOT_BYTES = 32 << 20  # what a test run ships into the sandbox
@@ -211,31 +211,16 @@ def read_instances(path: str | Path, *, on_error: OnError = "raise") -> tuple[li
     path = Path(path)
     if not path.is_file():
         raise DataSourceError(f"{path}: instance file not found")
-    stats = SourceStats(name=path.name)
-    out: list[SweInstance] = []
     seen: set[str] = set()
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, 1):
-            if not raw.strip():
-                continue
-            stats.read += 1
-            where = f"{path}:{line_no}"
-            try:
-                instance = validate_instance(json.loads(raw.decode("utf-8")), base_dir=path.parent)
-                if instance.instance_id in seen:
-                    raise RecordError(f"duplicate instance_id {instance.instance_id!r}")
-            except (UnicodeDecodeError, ValueError) as exc:  # RecordError and JSONDecodeError are ValueErrors
-                reason = f"invalid JSON: {exc}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-                if on_error == "raise":
-                    raise DataSourceError(f"{where}: {reason}") from None
-                stats.skipped += 1
-                if len(stats.reasons) < MAX_KEPT_REASONS:
-                    stats.reasons.append(f"{where}: {reason}")
-                continue
-            seen.add(instance.instance_id)
-            out.append(instance)
-    stats.used = len(out)
-    return out, stats
+
+    def validate(obj: dict[str, Any], where: str) -> SweInstance:
+        instance = validate_instance(obj, base_dir=path.parent)
+        if instance.instance_id in seen:
+            raise RecordError(f"duplicate instance_id {instance.instance_id!r}")
+        seen.add(instance.instance_id)
+        return instance
+
+    return read_validated(path, validate, on_error=on_error)
 
 
 # -- snapshots of folders --------------------------------------------------------------------------
