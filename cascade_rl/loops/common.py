@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -16,11 +16,20 @@ from cascade_rl.checkpoint import (
     read_checkpoint_state,
     save_checkpoint,
 )
-from cascade_rl.engines.base import Policy
 from cascade_rl.logging import console
 
 
-def resume(run_dir: Path, policy: Policy, name: str, total_steps: int) -> int:
+class Checkpointable(Protocol):
+    """What the checkpoint helpers need of a trained engine (a policy, a reward model)."""
+
+    def save(self, path: Path) -> None: ...
+
+    def save_state(self, path: Path) -> None: ...
+
+    def load_state(self, path: Path) -> None: ...
+
+
+def resume(run_dir: Path, policy: Checkpointable, name: str, total_steps: int) -> int:
     """Restore the newest complete checkpoint of ``run_dir`` (and say so); the step to continue from, 0 if none."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
@@ -44,7 +53,9 @@ def _write_failed(what: str, where: Path, exc: OSError) -> CheckpointWriteError:
     )
 
 
-def checkpoint(run_dir: Path, step: int, policy: Policy, state: Mapping[str, Any], keep_last: int | None) -> Path:
+def checkpoint(
+    run_dir: Path, step: int, policy: Checkpointable, state: Mapping[str, Any], keep_last: int | None
+) -> Path:
     """Write the step's checkpoint, then drop all but the ``keep_last`` newest (None keeps every one)."""
     try:
         path = save_checkpoint(run_dir, step, write_state=policy.save_state, state=dict(state))
@@ -55,7 +66,7 @@ def checkpoint(run_dir: Path, step: int, policy: Policy, state: Mapping[str, Any
     return path
 
 
-def save_final(policy: Policy, folder: Path) -> Path:
+def save_final(policy: Checkpointable, folder: Path) -> Path:
     """The stage's output model, written atomically: a folder that exists is complete."""
     try:
         with atomic_directory(folder) as tmp:

@@ -21,13 +21,12 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from cascade_rl.config import DataConfig, RewardModelStage
 from cascade_rl.data.pairs import Pair, pair_source
 from cascade_rl.data.sources import SourceStats
 from cascade_rl.engines.backend import Backend, ModelSource
-from cascade_rl.engines.base import Policy
 from cascade_rl.engines.reward_model import RewardModel
 from cascade_rl.files import write_text_atomic
 from cascade_rl.logging import MetricsLogger, console, progress_bar
@@ -126,8 +125,7 @@ def run_reward_model(
     rm = backend.reward_model(start, stage.optim, stage.steps, max_length=stage.max_length, seed=stage.seed)
     encoded, held_encoded = encode_pairs(rm, train), encode_pairs(rm, held_out)
     plan = step_plan(len(train), stage)
-    # the checkpoint helpers call only save / save_state / load_state, which a reward model has too
-    trainer = cast(Policy, rm)
+    trainer = rm
     first = resume(run_dir, trainer, stage.name, len(plan))
     guard = NonFiniteGuard(stage.name, stage.max_nonfinite_steps, run_dir)
     eval_steps = {max(1, round(f * stage.steps)) for f in EVAL_FRACTIONS} | {stage.steps}
