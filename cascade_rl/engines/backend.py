@@ -57,6 +57,10 @@ class Backend(Protocol):
         and the LR schedule of ``optim``; ``seed`` initialises a new score head."""
         ...
 
+    def close(self) -> None:
+        """Stop whatever the backend started (engines, actors); the run is over."""
+        ...
+
 
 def tiny_options(model: ModelConfig) -> dict[str, Any]:
     """``load`` keyword arguments of a recipe's tiny spec (seed, tokenizer, config overrides); {} otherwise."""
@@ -194,8 +198,17 @@ class LocalBackend:
             save_dtype=None if self.dtype == torch.float32 else self.dtype,
         )
 
+    def close(self) -> None:
+        self._tiny.clear()
 
-BACKENDS: dict[str, Callable[[EngineConfig, ModelConfig], Backend]] = {"local": LocalBackend}
+
+def _ray_backend(engine: EngineConfig, model: ModelConfig) -> Backend:
+    from cascade_rl.engines.ray import RayBackend  # Ray and vLLM stay unimported on the local path
+
+    return RayBackend(engine, model)
+
+
+BACKENDS: dict[str, Callable[[EngineConfig, ModelConfig], Backend]] = {"local": LocalBackend, "ray": _ray_backend}
 
 
 def build_backend(engine: EngineConfig, model: ModelConfig) -> Backend:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+
 from cascade_rl.types import Completion
 
 
@@ -93,6 +95,10 @@ class Policy(Scorer, Protocol):
     def optim_step(self) -> dict[str, float]:
         """Apply the accumulated gradients and clear them. With none, only the schedule advances
         (``skipped_update``); a non-finite gradient norm is not applied either (``nonfinite_update``)."""
+        ...
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every weight under its Hugging Face name, on CPU (what a separate generator loads on ``sync``)."""
         ...
 
     def save(self, path: Path) -> None:

@@ -134,6 +134,43 @@ def checkpointed_layers(model: PreTrainedModel, enabled: bool) -> Iterator[None]
                 layer.forward = previous
 
 
+class TokenScorer(torch.nn.Module):
+    """The decoder, then the LM head on the predicting positions only (the largest matmul of a small
+    model runs on scored rows, never on the whole [T, V]).
+
+    A module of its own so that a sharded engine can wrap it as the FSDP root: the embedding, final norm
+    and head are gathered by the root's forward, which the decoder-only call would bypass.
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.lm = model
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        rows_N: torch.Tensor,
+        targets_N: torch.Tensor,
+        *,
+        temperature: float,
+        chunk_size: int,
+        with_entropy: bool = False,
+        router_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[torch.Tensor, ...]]:
+        extra = {"output_router_logits": True} if router_logits else {}
+        out = self.lm.get_decoder()(
+            input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False, **extra
+        )
+        hidden = out.last_hidden_state.flatten(0, 1).index_select(0, rows_N)
+        weight = self.lm.get_output_embeddings().weight
+        logprobs_N, entropy_N = chunked_lm_logprobs(
+            hidden, weight, targets_N, chunk_size, temperature, with_entropy=with_entropy
+        )
+        return logprobs_N, entropy_N, tuple(getattr(out, "router_logits", None) or ())
+
+
 class LocalScorer:
     """Token log-probs under a frozen model, computed without [T, V] logits in memory.
 
@@ -155,6 +192,7 @@ class LocalScorer:
     ) -> None:
         check_plain_lm_head(model)
         self.model = model
+        self.scoring = self._scoring_module(model)
         self.token_budget = token_budget
         self.chunk_size = chunk_size
         self.layout = choose_layout(model, layout)
@@ -165,6 +203,9 @@ class LocalScorer:
         self.offload = offload and self.home.type != "cpu"
         if self.offload:
             self.model.to("cpu")
+
+    def _scoring_module(self, model: PreTrainedModel) -> torch.nn.Module:
+        return TokenScorer(model)
 
     @property
     def device(self) -> torch.device:
@@ -190,26 +231,22 @@ class LocalScorer:
         if mb.rows_N.numel() == 0:  # nothing to score (e.g. only overlong-filtered rollouts): skip the model
             zeros = torch.zeros(scored.shape, device=dev)
             return zeros, (zeros.clone() if with_entropy else None), ()
-        extra = {"output_router_logits": True} if router_logits else {}
         with autocast(dev, self.compute_dtype), checkpointed_layers(self.model, self.activation_checkpointing):
-            out = self.model.get_decoder()(
-                input_ids=mb.input_ids.to(dev),
-                position_ids=mb.position_ids.to(dev),
-                attention_mask=self._attention_mask(mb),
-                use_cache=False,
-                **extra,
-            )
-        # The LM head (the largest matmul of a small model) runs on the predicting positions only.
-        hidden = out.last_hidden_state.flatten(0, 1).index_select(0, mb.rows_N.to(dev))
-        weight = self.model.get_output_embeddings().weight
-        with autocast(dev, self.compute_dtype):
-            logprobs_N, entropy_N = chunked_lm_logprobs(
-                hidden, weight, mb.targets_N.to(dev), self.chunk_size, temperature, with_entropy=with_entropy
+            logprobs_N, entropy_N, routers = self.scoring(
+                mb.input_ids.to(dev),
+                mb.position_ids.to(dev),
+                self._attention_mask(mb),
+                mb.rows_N.to(dev),
+                mb.targets_N.to(dev),
+                temperature=temperature,
+                chunk_size=self.chunk_size,
+                with_entropy=with_entropy,
+                router_logits=router_logits,
             )
         gather = mb.gather_SL.to(dev)
         logprobs_SL = logprobs_N[gather] * scored
         entropy_SL = None if entropy_N is None else entropy_N[gather] * scored
-        return logprobs_SL, entropy_SL, tuple(getattr(out, "router_logits", None) or ())
+        return logprobs_SL, entropy_SL, routers
 
     def _attention_mask(self, mb: MicroBatch) -> torch.Tensor | None:
         if mb.attention_mask is None:
@@ -238,6 +275,8 @@ class LocalScorer:
         with self._resident():
             for mb in self.microbatches(sequences):
                 logprobs_SL, _, _ = self.forward_SL(mb, temperature)
+                if mb.filler:
+                    continue
                 for s, i in enumerate(mb.indices):
                     mask = torch.tensor(sequences[i].mask, device=self.device)
                     result[i] = (logprobs_SL[s, : len(sequences[i].tokens)] * mask).float().cpu().tolist()
@@ -280,19 +319,29 @@ class LocalPolicy(LocalScorer, AdamWTrainer):
         self, batch: TrainBatch, loss: str, config: Mapping[str, Any] | None = None
     ) -> dict[str, float]:
         """Accumulate gradients of the registered step loss over the batch (normalisers from the batch)."""
+        return summarize_metrics(self.microbatch_metrics(batch, loss, config))
+
+    def microbatch_metrics(
+        self, batch: TrainBatch, loss: str, config: Mapping[str, Any] | None = None
+    ) -> list[dict[str, float]]:
+        """``forward_backward``'s work, returning one additive metrics dict per micro-batch (data-parallel
+        ranks add theirs up before the per-token means are derived)."""
         spec, config = get_step_loss(loss), dict(config or {})
         norm = Normalisers(batch.num_tokens, batch.num_sequences)
         self.model.eval()  # dropout off: see the class docstring
         microbatches = self.microbatches(batch.sequences)
-        real_total = sum(_real_tokens(mb) for mb in microbatches)
-        per_mb: list[dict[str, torch.Tensor | float]] = []
+        real_total = sum(_real_tokens(mb) for mb in microbatches if not mb.filler)
+        per_mb: list[dict[str, float]] = []
         for mb in microbatches:
             logprobs_SL, entropy_SL, routers = self.forward_SL(
                 mb, batch.temperature, with_entropy=spec.entropy, router_logits=self.router_aux_coef > 0
             )
+            if mb.filler:  # a zero loss through the whole graph: the backward collectives still run
+                (logprobs_SL.sum() * 0.0).backward()
+                continue
             tensors = {k: v.to(logprobs_SL.device) for k, v in values_SL(batch.sequences, mb).items()}
             value, metrics = spec.fn(logprobs_SL, tensors, norm, config)
-            metrics = dict(metrics)
+            metrics = {k: float(v) for k, v in metrics.items()}
             if routers:
                 # each micro-batch's mean over its real tokens, weighted by its share of the step's tokens
                 aux = self._router_aux(routers, mb) * (_real_tokens(mb) / real_total)
@@ -305,13 +354,16 @@ class LocalPolicy(LocalScorer, AdamWTrainer):
                 metrics["entropy_sum"] = float((entropy_SL.detach() * tensors["mask"]).sum())
                 metrics.setdefault("tokens", float(tensors["mask"].sum()))
             per_mb.append(metrics)
-        return summarize_metrics(per_mb)
+        return per_mb
 
     def _router_aux(self, routers: tuple[torch.Tensor, ...], mb: MicroBatch) -> torch.Tensor:
         config = self.model.config
         real = None if mb.real_RT is None else mb.real_RT.flatten().to(self.device)
         experts = getattr(config, "num_experts", None) or config.n_routed_experts
         return load_balancing_loss(routers, experts, config.num_experts_per_tok, real)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return untied(self.model, {k: v.detach().cpu() for k, v in self.model.state_dict().items()})
 
     def save(self, path: Path) -> None:
         from cascade_rl.model.load import save
@@ -322,6 +374,17 @@ class LocalPolicy(LocalScorer, AdamWTrainer):
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+
+def untied(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` without the second name of a tied weight (a tied LM head travels as the embedding only)."""
+    first: dict[int, str] = {}
+    duplicates = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in first:
+            duplicates.add(name)
+        first.setdefault(id(param), name)
+    return {k: v for k, v in state.items() if k not in duplicates}
 
 
 def _real_tokens(mb: MicroBatch) -> int:

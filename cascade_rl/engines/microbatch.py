@@ -48,6 +48,9 @@ class MicroBatch:
     scored_SL: torch.Tensor  # [S, L] bool: the token has a prediction in N
     valid_SL: torch.Tensor  # [S, L] bool: a real token after position 0 (scored or not)
     real_RT: torch.Tensor | None = None  # [R, T] bool: a real (non-padding) input position; None = all real
+    # Run only to keep data-parallel ranks in step (every rank must run as many forwards): it scores
+    # nothing that is kept and its loss is 0.
+    filler: bool = False
 
 
 class _Scoring:

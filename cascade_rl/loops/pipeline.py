@@ -238,7 +238,16 @@ def run_pipeline(config: PipelineConfig, backend: Backend | None = None) -> Pipe
     _check_recipe(config, run_dir)
     set_min_isolation(config.sandbox.min_isolation)
     preflight(config)
-    backend = backend or build_backend(config.engine, config.model)
+    if backend is not None:
+        return _run_stages(config, backend, run_dir)
+    backend = build_backend(config.engine, config.model)
+    try:
+        return _run_stages(config, backend, run_dir)
+    finally:
+        backend.close()  # the engines it started (actors, vLLM processes)
+
+
+def _run_stages(config: PipelineConfig, backend: Backend, run_dir: Path) -> PipelineResult:
     ledger = Ledger.load(run_dir)
     base_dir = _base_model(config, run_dir)
     if not ledger.has(BASE):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -168,21 +168,28 @@ def _quiet_progress() -> Iterator[None]:
 
 
 def save(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: str | Path, *, dtype: torch.dtype | None = None
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write an ordinary Hugging Face folder: safetensors weights, config, tokenizer, chat template.
 
     ``dtype`` casts floating-point weights on the way out (an fp32 master saved as bf16) without
-    touching the model itself; None keeps the model's own dtype.
+    touching the model itself; None keeps the model's own dtype. ``state_dict`` replaces the module's
+    own weights (a sharded model's gathered full state).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = None
+    state = None if state_dict is None else dict(state_dict)
     if dtype is not None and dtype != model.dtype:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        source = state if state is not None else model.state_dict()
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in source.items()}
     with _quiet_progress():  # one shard per tiny checkpoint: a progress bar per save is noise in the run's output
         model.save_pretrained(path, safe_serialization=True, state_dict=state)
-    if state is not None:  # save_pretrained states the module's own dtype; the weights on disk are ``dtype``
+    if dtype is not None and dtype != model.dtype:  # save_pretrained states the module's own dtype, not the one on disk
         config_file = path / "config.json"
         saved = json.loads(config_file.read_text())
         saved["dtype"] = str(dtype).removeprefix("torch.")
