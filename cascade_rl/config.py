@@ -185,8 +185,24 @@ class _RolloutStage(_Stage):
     )
     reward: RewardConfig = Field(RewardConfig(), description="the reward function of the stage")
     reward_workers: int = Field(0, ge=0, description="processes verifying rollouts (sandboxed code); 0: in-process")
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="asynchronous rollouts: generation runs up to this many policy versions ahead of the learner, "
+        "corrected by the behaviour log-probs (IcePop / TIS / clip); 0: lockstep, strictly on-policy (published)",
+    )
 
     OPTIM_DEFAULTS: ClassVar[dict[str, Any]] = RL_OPTIM
+
+    @model_validator(mode="after")
+    def _stale_rollouts_are_corrected(self) -> _RolloutStage:
+        corrected = self.icepop is not None or getattr(self, "advantage", "") in ("tis", "grpo_clip")
+        if self.max_staleness > 0 and not corrected:
+            raise ValueError(
+                "max_staleness > 0 trains on rollouts of older policies: keep an icepop band or use the tis or "
+                "grpo_clip objective, which weight each token by pi_train / pi_behaviour"
+            )
+        return self
 
     @field_validator("top_p", "top_k")
     @classmethod

@@ -38,8 +38,9 @@ class Backend(Protocol):
         """A trainable policy initialised from ``model``, with AdamW and the LR schedule of ``optim``."""
         ...
 
-    def generator(self, policy: Policy) -> Generator:
-        """The rollout generator that samples from ``policy`` (kept current by ``Generator.sync``)."""
+    def generator(self, policy: Policy, *, separate: bool = False) -> Generator:
+        """The rollout generator that samples from ``policy`` (kept current by ``Generator.sync``); ``separate``:
+        with weights of its own, so that it can sample while the policy trains (asynchronous rollouts)."""
         ...
 
     def scorer(self, model: ModelSource, *, offload: bool = False) -> Scorer:
@@ -149,11 +150,12 @@ class LocalBackend:
             activation_checkpointing=self.engine.activation_checkpointing,
         )
 
-    def generator(self, policy: Policy) -> LocalGenerator:
+    def generator(self, policy: Policy, *, separate: bool = False) -> LocalGenerator:
         if not isinstance(policy, LocalPolicy):
             raise TypeError(f"the local backend generates from its own LocalPolicy, got {type(policy).__name__}")
-        # the policy's own module: sync is free and the sampler's numerics are the trainer's
-        return LocalGenerator(policy.model, batch_size=self.engine.decode_batch, compute_dtype=self.dtype)
+        # the policy's own module unless asked otherwise: sync is free, the sampler's numerics are the trainer's
+        module = copy.deepcopy(policy.model).eval().requires_grad_(False) if separate else policy.model
+        return LocalGenerator(module, batch_size=self.engine.decode_batch, compute_dtype=self.dtype)
 
     def scorer(self, model: ModelSource, *, offload: bool = False) -> LocalScorer:
         module, _ = self._load(model, self.dtype)

@@ -328,11 +328,11 @@ class RayBackend:
             self._vllm[key] = ActorEngine(actor.remote(folder, dtype, self.seed, settings, self.vllm_python))
         return self._vllm[key]
 
-    def generator(self, policy: Policy) -> Generator:
+    def generator(self, policy: Policy, *, separate: bool = False) -> Generator:
         if self.settings.generator == "vllm":
             return VLLMGenerator(self._vllm_engine(self._saved(policy), "generator"), weight_dtype=self.dtype)
         if isinstance(policy, LocalPolicy):
-            return self.local.generator(policy)
+            return self.local.generator(policy, separate=separate)
         module, _ = self.local._load(self._saved(policy), self.dtype)
         return SyncedLocalGenerator(module.eval(), batch_size=self.engine.decode_batch, compute_dtype=self.dtype)
 

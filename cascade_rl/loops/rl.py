@@ -1,7 +1,8 @@
 """The one RL stage loop: rollout half -> learner half -> weight sync, once per step.
 
 GRPO-family RL and MOPD run through this same loop; the objective (``loops.objectives``) is chosen
-by the stage. One optimizer update per rollout batch (strictly on-policy, as published). The engines
+by the stage. One optimizer update per rollout batch, strictly on-policy as published, unless the stage
+sets ``max_staleness`` (asynchronous rollouts, ``loops.rollout_queue``). The engines
 come from the backend the loop is handed; nothing here knows which engine runs.
 """
 
@@ -21,6 +22,7 @@ from cascade_rl.loops.common import NonFiniteGuard, checkpoint, resume, save_fin
 from cascade_rl.loops.curriculum import Curriculum
 from cascade_rl.loops.objectives import OBJECTIVES, Objective, ObjectiveSettings, TeacherRouter, per_domain_means
 from cascade_rl.loops.rollout import PromptPool, Rollouts
+from cascade_rl.loops.rollout_queue import AsyncRollouts, Lockstep, RolloutSource
 from cascade_rl.rewards.reward_fn import RewardContext, VerifierReward, build_reward
 from cascade_rl.types import TrajectoryGroup
 
@@ -84,16 +86,21 @@ def run_rl(
     reward_fn = build_reward(stage.reward.type, RewardContext(stage.reward_workers, backend), **stage.reward.args)
     reference = backend.scorer(start) if stage.kl_coef > 0 else None  # the stage's initial policy, frozen
     policy = backend.policy(start, stage.optim, stage.steps)
-    generator = backend.generator(policy)
+    generator = backend.generator(policy, separate=stage.max_staleness > 0)  # async: sampling while training
     first = resume(run_dir, policy, stage.name, stage.steps)
     pool.curriculum = load_curriculum(stage, run_dir, first)
-    generator.sync(policy, first)
     monitor = (
         VerifierReward(workers=stage.reward_workers)
         if stage.reward.type != "verifier" and stage.reward.monitor
         else None
     )
     rollouts = Rollouts(stage, pool, generator, tokenizer, reward_fn, objective.filters_constant_groups, monitor)
+    source: RolloutSource = (
+        AsyncRollouts(rollouts, generator, range(first, stage.steps), stage.max_staleness)
+        if stage.max_staleness > 0
+        else Lockstep(rollouts, generator)
+    )
+    source.start(policy, first)
     guard = NonFiniteGuard(stage.name, stage.max_nonfinite_steps, run_dir)
     own_logger = logger is None
     logger = logger or MetricsLogger(run_dir)
@@ -102,18 +109,20 @@ def run_rl(
             bar.update(advance=first)
             for step in range(first, stage.steps):
                 t0 = time.perf_counter()
-                groups, metrics = rollouts.collect(step)
+                groups, metrics = source.get(step)
                 metrics |= update(policy, objective, groups, stage, reference)
                 guard.check(metrics, step + 1)
-                generator.sync(policy, step + 1)
+                source.publish(policy, step + 1)
                 metrics["step_time"] = time.perf_counter() - t0
                 logger.log(metrics, step + 1, stage=stage.name)
                 bar.update(reward=f"{metrics.get('reward', 0):.3f}", drop=int(metrics.get("dropped_groups", 0)))
                 if (step + 1) % stage.save_every == 0 and step + 1 < stage.steps:
-                    if pool.curriculum is not None:  # before the checkpoint: a resume from it finds its state
-                        write_text_atomic(curriculum_file(run_dir, step + 1), pool.curriculum.to_json())
-                    checkpoint(run_dir, step + 1, policy, {"stage": stage.name}, stage.keep_last)
+                    with source.paused():  # the curriculum is the rollouts' too
+                        if pool.curriculum is not None:  # before the checkpoint: a resume from it finds its state
+                            write_text_atomic(curriculum_file(run_dir, step + 1), pool.curriculum.to_json())
+                        checkpoint(run_dir, step + 1, policy, {"stage": stage.name}, stage.keep_last)
     finally:
+        source.close()
         reward_fn.close()
         if own_logger:
             logger.close()

@@ -7,6 +7,7 @@ learner half must receive exactly the tokens the generator was conditioned on an
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ class FakeBackend:
         self.policies.append(RecordingPolicy())
         return self.policies[-1]
 
-    def generator(self, policy: Any) -> ScriptedGenerator:
+    def generator(self, policy: Any, **_: Any) -> ScriptedGenerator:
         return self.generator_
 
     def scorer(self, model: Any, **_: Any) -> Any:
@@ -238,3 +239,63 @@ def test_a_curriculum_retires_mastered_prompts_and_a_resume_continues_it(tokeniz
     (run / "curriculum" / "step_2.json").unlink()
     with pytest.raises(FileNotFoundError, match="curriculum state of the step-2 checkpoint is missing"):
         run_rl(stage, FakeBackend(tokenizer, ScriptedGenerator(generator.script)), "start-model", run)
+
+
+class OverlapGenerator(ScriptedGenerator):
+    """Flags each generate call's start, so a learner can wait to see the next step generated meanwhile."""
+
+    def __init__(self, script: list[tuple[list[int], list[float]]]) -> None:
+        super().__init__(script)
+        self.started: list[threading.Event] = [threading.Event() for _ in range(10)]
+        self.calls = 0
+
+    def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        self.started[self.calls].set()
+        self.calls += 1
+        return super().generate(prompts, params)
+
+
+class WaitingPolicy(RecordingPolicy):
+    """Step s's update returns only once step s + 1's generation has started (or after a timeout)."""
+
+    def __init__(self, generator: OverlapGenerator) -> None:
+        super().__init__()
+        self.generator, self.overlapped = generator, []
+
+    def forward_backward(self, batch: TrainBatch, loss: str, config: Mapping[str, Any] | None = None) -> dict:
+        self.overlapped.append(self.generator.started[len(self.calls) + 1].wait(timeout=2.0))
+        return super().forward_backward(batch, loss, config)
+
+
+def test_asynchronous_rollouts_generate_the_next_step_while_the_learner_trains(tokenizer, setup, tmp_path):
+    stage, generator, _ = setup
+    stage = stage.model_copy(update={"steps": 4, "save_every": 2, "max_staleness": 1})
+    overlap = OverlapGenerator(generator.script)
+    backend = FakeBackend(tokenizer, overlap)
+    backend.policy = lambda *a, **k: backend.policies.append(WaitingPolicy(overlap)) or backend.policies[-1]  # type: ignore[method-assign]
+    run_rl(stage, backend, "start-model", tmp_path / "run")
+    (policy,) = backend.policies
+    # every update but the last saw the next step's rollouts start meanwhile, from the previous version
+    assert policy.overlapped == [True, True, True, False]
+    assert overlap.syncs == [0, 1, 2, 3, 4]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["staleness"] for r in rows] == [0.0, 1.0, 1.0, 1.0]  # step s trained on version s - 1
+
+
+def test_lockstep_rollouts_never_overlap_the_learner(tokenizer, setup, tmp_path):
+    stage, generator, _ = setup
+    overlap = OverlapGenerator(generator.script)
+    backend = FakeBackend(tokenizer, overlap)
+    backend.policy = lambda *a, **k: backend.policies.append(WaitingPolicy(overlap)) or backend.policies[-1]  # type: ignore[method-assign]
+    for event in overlap.started:  # no waiting: the learner would wait 2 s per step for nothing
+        event.wait = lambda timeout=None, e=event: e.is_set()  # type: ignore[method-assign]
+    run_rl(stage, backend, "start-model", tmp_path / "run")
+    assert backend.policies[0].overlapped == [False, False, False]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["staleness"] for r in rows] == [0.0, 0.0, 0.0]
+
+
+def test_stale_rollouts_need_an_importance_correction():
+    with pytest.raises(ValueError, match="icepop band or use the tis"):
+        RLStage(prompts=[DataConfig(task="math", n=4)], max_staleness=1, icepop=None)
+    RLStage(prompts=[DataConfig(task="math", n=4)], max_staleness=1, icepop=None, advantage="tis")
