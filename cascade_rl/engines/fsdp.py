@@ -91,14 +91,22 @@ class FSDPPolicy(LocalPolicy):
     def microbatches(self, seqs: Sequence[TrainSequence]) -> list[MicroBatch]:
         """This rank's micro-batches, topped up with fillers to the largest count of any rank."""
         own = super().microbatches(seqs)
-        running = torch.tensor([sum(mb.rows_N.numel() > 0 for mb in own)])
-        dist.all_reduce(running, op=dist.ReduceOp.MAX)
-        missing = int(running) - sum(mb.rows_N.numel() > 0 for mb in own)
+        count = sum(mb.rows_N.numel() > 0 for mb in own)
+        missing = self._all_reduce(count, dist.ReduceOp.MAX) - count
         if missing <= 0:
             return own
         dummy = TrainSequence(tokens=[self.pad_id, self.pad_id], mask=[0, 1])
         filler = dataclasses.replace(make_microbatches([dummy], self.token_budget)[0], filler=True)
         return own + [filler] * missing
+
+    def _all_reduce(self, value: int, op: dist.ReduceOp.RedOpType) -> int:
+        # on the mesh's device: NCCL reduces CUDA tensors only
+        tensor = torch.tensor([value], dtype=torch.long, device=self.mesh.device_type)
+        dist.all_reduce(tensor, op=op)
+        return int(tensor.item())
+
+    def _step_real_tokens(self, microbatches: Sequence[MicroBatch]) -> int:
+        return self._all_reduce(super()._step_real_tokens(microbatches), dist.ReduceOp.SUM)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The whole model under its HF names, on CPU, on rank 0 (every rank must call; others get {})."""

@@ -330,7 +330,7 @@ class LocalPolicy(LocalScorer, AdamWTrainer):
         norm = Normalisers(batch.num_tokens, batch.num_sequences)
         self.model.eval()  # dropout off: see the class docstring
         microbatches = self.microbatches(batch.sequences)
-        real_total = sum(_real_tokens(mb) for mb in microbatches if not mb.filler)
+        real_total = self._step_real_tokens(microbatches)
         per_mb: list[dict[str, float]] = []
         for mb in microbatches:
             logprobs_SL, entropy_SL, routers = self.forward_SL(
@@ -355,6 +355,10 @@ class LocalPolicy(LocalScorer, AdamWTrainer):
                 metrics.setdefault("tokens", float(tensors["mask"].sum()))
             per_mb.append(metrics)
         return per_mb
+
+    def _step_real_tokens(self, microbatches: Sequence[MicroBatch]) -> int:
+        """Real input positions of the whole step (what the router loss's per-micro-batch shares divide by)."""
+        return sum(_real_tokens(mb) for mb in microbatches if not mb.filler)
 
     def _router_aux(self, routers: tuple[torch.Tensor, ...], mb: MicroBatch) -> torch.Tensor:
         config = self.model.config
@@ -385,6 +389,14 @@ def untied(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> dict[str, 
             duplicates.add(name)
         first.setdefault(id(param), name)
     return {k: v for k, v in state.items() if k not in duplicates}
+
+
+def load_untied(model: PreTrainedModel, state: dict[str, torch.Tensor]) -> None:
+    """Load a state dict that ``untied`` stripped: only the tied names may be missing."""
+    tied = set(model.state_dict()) - set(untied(model, model.state_dict()))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if set(missing) - tied or unexpected:
+        raise KeyError(f"weights do not fit the model: missing {sorted(set(missing) - tied)}, unexpected {unexpected}")
 
 
 def _real_tokens(mb: MicroBatch) -> int:
@@ -420,9 +432,10 @@ class LocalGenerator:
         self.version = version
         if isinstance(policy, LocalScorer) and policy.model is self.model:
             return  # same module in-process: already current
-        if not isinstance(policy, LocalScorer):
-            raise TypeError(f"LocalGenerator syncs from an in-process policy, got {type(policy).__name__}")
-        self.model.load_state_dict(policy.model.state_dict())  # casts to this model's dtype
+        if isinstance(policy, LocalScorer):
+            self.model.load_state_dict(policy.model.state_dict())  # casts to this model's dtype
+            return
+        load_untied(self.model, policy.full_state_dict())  # a remote policy: its gathered weights
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[list[Completion]]:

@@ -28,6 +28,7 @@ import json
 import os
 import socket
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,12 +39,13 @@ from transformers import PreTrainedTokenizerBase
 from cascade_rl.algo.losses import summarize_metrics
 from cascade_rl.config import EngineConfig, ModelConfig, OptimConfig, RayEngineConfig
 from cascade_rl.engines.backend import LocalBackend, ModelSource, resolve_dtype
-from cascade_rl.engines.base import Generator, Policy, Scorer, TrainBatch, TrainSequence
+from cascade_rl.engines.base import Generator, Policy, SamplingParams, Scorer, TrainBatch, TrainSequence
 from cascade_rl.engines.fsdp import shard_sequences
 from cascade_rl.engines.local import LocalGenerator, LocalPolicy, LocalScorer
 from cascade_rl.engines.reward_model import RewardModel
 from cascade_rl.engines.training import OptimSettings
 from cascade_rl.engines.vllm import VLLMGenerator, VLLMScorer
+from cascade_rl.types import Completion
 
 _SHARED = 0.0001  # a GPU share that places an actor next to a trainer rank without reserving the device
 RAY_HINT = "engine.kind: ray needs Ray: pip install 'cascade-rl[ray]' (or make install, which includes it)"
@@ -183,24 +185,41 @@ class RayFSDPPolicy:
 
 
 class ActorEngine:
-    """The ``VLLMEngine`` protocol through a ``VLLMActor``."""
+    """The ``VLLMEngine`` protocol through a ``VLLMActor``; it remembers whose weights the engine holds."""
 
     def __init__(self, actor: Any) -> None:
         self.actor = actor
+        self.holds: str | None = None  # the folder last loaded, None after a policy's weights
 
     def call(self, method: str, **kwargs: Any) -> Any:
         return _ray().get(self.actor.run.remote("call", method, **kwargs))
 
-    def load_folder(self, folder: str, dtype: torch.dtype) -> int:
-        return _ray().get(self.actor.run.remote("load_folder", folder, dtype))
+    def load_folder(self, folder: str, dtype: torch.dtype) -> None:
+        if self.holds != folder:
+            _ray().get(self.actor.run.remote("load_folder", folder, dtype))
+            self.holds = folder
 
     def load_policy(self, policy: Policy, dtype: torch.dtype) -> int:
         gather = getattr(policy, "full_state_dict_ref", None)
         state = gather() if gather is not None else policy.full_state_dict()  # a ref moves actor to actor
+        self.holds = None
         return _ray().get(self.actor.run.remote("load_state", state, dtype))
 
     def close(self) -> None:
         _ray().get(self.actor.run.remote("close"))
+
+
+class FolderGenerator(VLLMGenerator):
+    """Samples from a saved checkpoint on a shared engine (evaluation, judges): its weights are put back
+    before every call if another checkpoint was loaded in between."""
+
+    def __init__(self, engine: ActorEngine, folder: str, dtype: torch.dtype) -> None:
+        super().__init__(engine, weight_dtype=dtype)
+        self.shared, self.folder = engine, folder
+
+    def generate(self, prompts: Sequence[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        self.shared.load_folder(self.folder, self.weight_dtype)
+        return super().generate(prompts, params)
 
 
 class RemoteScorer:
@@ -211,15 +230,22 @@ class RemoteScorer:
         return _ray().get(self.actor.logprobs.remote(list(sequences), temperature))
 
 
-class SyncedLocalGenerator(LocalGenerator):
-    """A driver-side generator for a remote policy: ``sync`` loads the policy's gathered weights."""
-
-    def sync(self, policy: Policy, version: int) -> None:
-        self.version = version
-        self.model.load_state_dict(policy.full_state_dict())
-
-
 # --------------------------------------------------------------------------- the backend
+
+
+def check_resources(settings: RayEngineConfig, cpus: float, gpus: float) -> None:
+    """Refuse a placement the cluster can never satisfy (Ray would wait for it forever)."""
+    vllm_own = settings.placement == "separate" and "vllm" in (settings.generator, settings.scorer)
+    ranks = settings.trainer_ranks if settings.trainer == "fsdp" else 0
+    if gpus:
+        need, have, unit = ranks + (settings.vllm.tensor_parallel_size if vllm_own else 0), gpus, "GPUs"
+    else:
+        need, have, unit = ranks + (1 if vllm_own else 0), cpus, "CPUs"
+    if need > have:
+        raise ValueError(
+            f"engine.ray needs {need} {unit} ({ranks} trainer ranks{', a separate vLLM engine' if vllm_own else ''}) "
+            f"but the Ray cluster has {have:g}: lower trainer_ranks, use placement: colocated or a larger cluster"
+        )
 
 
 class RayBackend:
@@ -232,7 +258,7 @@ class RayBackend:
         self.dtype = resolve_dtype(model.dtype)
         self.seed = model.seed
         ray = _ray()
-        if self.settings.generator == "vllm" or self.settings.scorer == "vllm":
+        if "vllm" in (self.settings.generator, self.settings.scorer):
             from cascade_rl.engines.vllm import find_vllm_python
 
             self.vllm_python = find_vllm_python(self.settings.vllm.python)  # fails here, before any work
@@ -244,10 +270,18 @@ class RayBackend:
                 runtime_env={"env_vars": {"OMP_NUM_THREADS": str(self.settings.threads_per_actor)}},
                 **({} if self.settings.address else {"num_cpus": self.settings.num_cpus or os.cpu_count()}),
             )
-        self.gpus = int(ray.cluster_resources().get("GPU", 0))
+        resources = ray.cluster_resources()
+        self.gpus = int(resources.get("GPU", 0))
+        check_resources(self.settings, resources.get("CPU", 0), self.gpus)
         self._folders = tempfile.TemporaryDirectory(prefix="cascade-ray-")
-        self._vllm: dict[str, Any] = {}  # one engine per architecture, shared by rollouts and evaluation
+        # vLLM engines by role and architecture: "rollout" holds the policy's weights; "eval" serves
+        # evaluation and judges (checkpoint weights, reloaded when another one was used in between)
+        self._vllm: dict[str, ActorEngine] = {}
         self._group: Any = None
+        self._trainers = {"local": self._local_policy, "fsdp": self._fsdp_policy}
+        self._generators = {"local": self._local_generator, "vllm": self._vllm_generator}
+        self._scorers = {"local": self._local_scorer, "vllm": self._vllm_scorer}
+        self._evaluators = {"local": self.local.eval_generator, "vllm": self._vllm_eval_generator}
 
     # models travel to actors as HF folders (a tiny spec is built once, here)
     def _folder(self, model: ModelSource) -> str:
@@ -268,12 +302,21 @@ class RayBackend:
     def policy(
         self, model: ModelSource, optim: OptimConfig, total_steps: int, *, microbatch_tokens: int | None = None
     ) -> Policy:
-        if self.settings.trainer == "local":
-            return self.local.policy(model, optim, total_steps, microbatch_tokens=microbatch_tokens)
+        return self._trainers[self.settings.trainer](model, optim, total_steps, microbatch_tokens)
+
+    def _local_policy(
+        self, model: ModelSource, optim: OptimConfig, total_steps: int, microbatch_tokens: int | None
+    ) -> Policy:
+        return self.local.policy(model, optim, total_steps, microbatch_tokens=microbatch_tokens)
+
+    def _fsdp_policy(
+        self, model: ModelSource, optim: OptimConfig, total_steps: int, microbatch_tokens: int | None
+    ) -> Policy:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
         if optim.freeze:
             raise ValueError("optim.freeze is not supported by the fsdp trainer yet; use engine.ray.trainer: local")
-        ray, folder = _ray(), self._folder(model)
-        world = self.settings.trainer_ranks
+        ray, folder, world = _ray(), self._folder(model), self.settings.trainer_ranks
         group = self._placement_group(world)
         options = {
             "token_budget": microbatch_tokens or self.engine.microbatch_tokens,
@@ -283,8 +326,6 @@ class RayBackend:
             "activation_checkpointing": self.engine.activation_checkpointing,
             "threads": self.settings.threads_per_actor,
         }
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         actor = ray.remote(TrainerRank)
         ranks = [
             actor.options(
@@ -304,12 +345,14 @@ class RayBackend:
         if self._group is None:
             bundle = {"GPU": 1, "CPU": 1} if self.gpus else {"CPU": 1}
             self._group = placement_group([dict(bundle) for _ in range(world)], strategy="PACK")
-            _ray().get(self._group.ready())
+            try:
+                _ray().get(self._group.ready(), timeout=300)
+            except _ray().exceptions.GetTimeoutError:
+                raise TimeoutError(f"Ray could not place {world} trainer ranks ({bundle} each) in 300 s") from None
         return self._group
 
     def _vllm_engine(self, folder: str, role: str) -> ActorEngine:
-        """The run's vLLM engine for ``role`` (``generator``: rollouts and evaluation share it; a scorer
-        gets one per checkpoint) and this architecture, started on first use."""
+        """The run's vLLM engine for ``role`` and this architecture, started (from ``folder``) on first use."""
         key = f"{role}\n{_architecture(folder)}"
         if key not in self._vllm:
             cfg = self.settings.vllm
@@ -329,12 +372,16 @@ class RayBackend:
         return self._vllm[key]
 
     def generator(self, policy: Policy, *, separate: bool = False) -> Generator:
-        if self.settings.generator == "vllm":
-            return VLLMGenerator(self._vllm_engine(self._saved(policy), "generator"), weight_dtype=self.dtype)
+        return self._generators[self.settings.generator](policy, separate)
+
+    def _vllm_generator(self, policy: Policy, separate: bool) -> Generator:
+        return VLLMGenerator(self._vllm_engine(self._saved(policy), "rollout"), weight_dtype=self.dtype)
+
+    def _local_generator(self, policy: Policy, separate: bool) -> Generator:
         if isinstance(policy, LocalPolicy):
             return self.local.generator(policy, separate=separate)
-        module, _ = self.local._load(self._saved(policy), self.dtype)
-        return SyncedLocalGenerator(module.eval(), batch_size=self.engine.decode_batch, compute_dtype=self.dtype)
+        module, _ = self.local._load(self._saved(policy), self.dtype)  # a remote policy: a copy it syncs into
+        return LocalGenerator(module.eval(), batch_size=self.engine.decode_batch, compute_dtype=self.dtype)
 
     def _saved(self, policy: Policy) -> str:
         """The policy's current weights as a folder (an engine starts from, and checks, the architecture)."""
@@ -343,9 +390,14 @@ class RayBackend:
         return str(folder)
 
     def scorer(self, model: ModelSource, *, offload: bool = False) -> Scorer:
-        folder = self._folder(model)
-        if self.settings.scorer == "vllm":
-            return VLLMScorer(self._vllm_engine(folder, f"scorer:{folder}"))
+        return self._scorers[self.settings.scorer](self._folder(model), offload)
+
+    def _vllm_scorer(self, folder: str, offload: bool) -> Scorer:
+        engine = self._vllm_engine(folder, f"scorer:{folder}")  # one engine per scored checkpoint
+        engine.load_folder(folder, self.dtype)
+        return VLLMScorer(engine)
+
+    def _local_scorer(self, folder: str, offload: bool) -> Scorer:
         options = {
             "token_budget": self.engine.microbatch_tokens,
             "layout": self.engine.layout,
@@ -356,12 +408,11 @@ class RayBackend:
         return RemoteScorer(actor.remote(folder, self.dtype, options))
 
     def eval_generator(self, model: ModelSource, batch_size: int) -> Generator:
-        if self.settings.generator != "vllm":
-            return self.local.eval_generator(model, batch_size)
+        return self._evaluators[self.settings.generator](model, batch_size)
+
+    def _vllm_eval_generator(self, model: ModelSource, batch_size: int) -> Generator:
         folder = self._folder(model)
-        engine = self._vllm_engine(folder, "generator")
-        engine.load_folder(folder, self.dtype)  # the run's engine, this checkpoint's weights
-        return VLLMGenerator(engine, weight_dtype=self.dtype)
+        return FolderGenerator(self._vllm_engine(folder, "eval"), folder, self.dtype)
 
     def reward_model(
         self, model: ModelSource, optim: OptimConfig, total_steps: int, *, max_length: int = 1024, seed: int = 0
@@ -369,9 +420,14 @@ class RayBackend:
         return self.local.reward_model(model, optim, total_steps, max_length=max_length, seed=seed)
 
     def close(self) -> None:
-        for engine in self._vllm.values():
-            engine.close()
-            _ray().kill(engine.actor)
+        """Stop every engine, even past one that already died (the run's own error is the one to see)."""
+        ray = _ray()
+        for role, engine in self._vllm.items():
+            try:
+                engine.close()
+                ray.kill(engine.actor)
+            except Exception as err:
+                warnings.warn(f"vLLM engine {role.splitlines()[0]}: {err}", stacklevel=2)
         self._vllm.clear()
         if self._group is not None:
             from ray.util.placement_group import remove_placement_group

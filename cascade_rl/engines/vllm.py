@@ -125,7 +125,7 @@ class VLLMProcess:
         return self.load_state(state, dtype)
 
     def load_policy(self, policy: Policy, dtype: torch.dtype) -> int:
-        return self.load_state(full_state_dict(policy), dtype)
+        return self.load_state(policy.full_state_dict(), dtype)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -185,9 +185,6 @@ class VLLMGenerator:
         self.engine.load_policy(policy, self.weight_dtype)
         self.version = version
 
-    def close(self) -> None:
-        self.engine.close()
-
 
 class VLLMScorer:
     """Token log-probs from vLLM's prompt log-probs. These are always untempered, so it scores at T = 1 only."""
@@ -202,14 +199,3 @@ class VLLMScorer:
             )
         scored = self.engine.call("score", sequences=[list(s.tokens) for s in sequences])
         return [[lp * m for lp, m in zip(row, s.mask, strict=True)] for row, s in zip(scored, sequences, strict=True)]
-
-    def close(self) -> None:
-        self.engine.close()
-
-
-def full_state_dict(policy: Policy) -> dict[str, torch.Tensor]:
-    """The policy's whole model under HF names on CPU: its ``full_state_dict`` (sharded policies gather it)."""
-    gather = getattr(policy, "full_state_dict", None)
-    if gather is None:
-        raise TypeError(f"{type(policy).__name__} cannot hand out its weights (no full_state_dict)")
-    return gather()

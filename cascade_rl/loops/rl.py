@@ -117,10 +117,10 @@ def run_rl(
                 logger.log(metrics, step + 1, stage=stage.name)
                 bar.update(reward=f"{metrics.get('reward', 0):.3f}", drop=int(metrics.get("dropped_groups", 0)))
                 if (step + 1) % stage.save_every == 0 and step + 1 < stage.steps:
-                    with source.paused():  # the curriculum is the rollouts' too
-                        if pool.curriculum is not None:  # before the checkpoint: a resume from it finds its state
-                            write_text_atomic(curriculum_file(run_dir, step + 1), pool.curriculum.to_json())
-                        checkpoint(run_dir, step + 1, policy, {"stage": stage.name}, stage.keep_last)
+                    curriculum = source.curriculum_after(step)
+                    if curriculum is not None:  # before the checkpoint: a resume from it finds its state
+                        write_text_atomic(curriculum_file(run_dir, step + 1), curriculum)
+                    checkpoint(run_dir, step + 1, policy, {"stage": stage.name}, stage.keep_last)
     finally:
         source.close()
         reward_fn.close()

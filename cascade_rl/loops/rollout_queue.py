@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Protocol
 
 from cascade_rl.engines.base import Generator, Policy
 from cascade_rl.loops.rollout import Rollouts
@@ -37,8 +35,8 @@ class RolloutSource(Protocol):
         """The learner finished ``version``: the generator takes those weights."""
         ...
 
-    def paused(self) -> Any:
-        """A context in which no rollout runs (checkpointing state the rollouts also touch)."""
+    def curriculum_after(self, step: int) -> str | None:
+        """The curriculum as it stood right after ``step``'s rollouts (what a checkpoint after ``step`` holds)."""
         ...
 
     def close(self) -> None: ...
@@ -68,9 +66,9 @@ class Lockstep:
     def publish(self, policy: Policy, version: int) -> None:
         self.generator.sync(policy, version)
 
-    @contextmanager
-    def paused(self) -> Iterator[None]:
-        yield
+    def curriculum_after(self, step: int) -> str | None:
+        curriculum = self.rollouts.pool.curriculum
+        return None if curriculum is None else curriculum.to_json()
 
     def close(self) -> None:
         pass
@@ -87,6 +85,7 @@ class AsyncRollouts:
         self.progress = threading.Condition()
         self.learned = steps.start  # the newest version the generator holds
         self.stopping = False
+        self.snapshots: dict[int, str | None] = {}
         self.ready: queue.Queue[tuple[int, Batch] | BaseException] = queue.Queue()
         self.thread = threading.Thread(target=self._produce, name="rollouts", daemon=True)
 
@@ -104,6 +103,9 @@ class AsyncRollouts:
             try:
                 with self.engine_lock:
                     batch = self.rollouts.collect(step)
+                    curriculum = self.rollouts.pool.curriculum
+                    # the thread runs ahead: a checkpoint after this step must not hold later steps' visits
+                    self.snapshots[step] = None if curriculum is None else curriculum.to_json()
             except BaseException as err:  # the learner re-raises it; nothing is lost silently
                 self.ready.put(err)
                 return
@@ -114,6 +116,9 @@ class AsyncRollouts:
         if isinstance(item, BaseException):
             raise item
         produced, (groups, metrics) = item
+        with self.engine_lock:
+            for old in [s for s in self.snapshots if s < step]:
+                del self.snapshots[old]
         if produced != step:
             raise RuntimeError(f"rollouts of step {produced} arrived for step {step}")
         return groups, metrics | staleness(groups, step)
@@ -125,10 +130,9 @@ class AsyncRollouts:
             self.learned = version
             self.progress.notify_all()
 
-    @contextmanager
-    def paused(self) -> Iterator[None]:
+    def curriculum_after(self, step: int) -> str | None:
         with self.engine_lock:
-            yield
+            return self.snapshots.pop(step, None)
 
     def close(self) -> None:
         with self.progress:

@@ -254,3 +254,25 @@ def test_yaml_file_errors_name_the_file(tmp_path):
     typo.write_text("stages:\n  - type: sft\n    data: [{task: math}]\n    epoch: 2\n")
     assert error_lines(typo) == [f"{typo}: stages.0.epoch: Extra inputs are not permitted"]
     assert error_lines(typo, ["stages.0.epoch=3"]) == [f"{typo}: stages.0.epoch: Extra inputs are not permitted"]
+
+
+def test_ray_placements_the_cluster_cannot_hold_are_refused_before_any_actor_starts():
+    from cascade_rl.config import RayEngineConfig
+    from cascade_rl.engines.ray import check_resources
+
+    check_resources(RayEngineConfig(trainer_ranks=2), cpus=2, gpus=0)  # colocated vLLM takes no CPU of its own
+    with pytest.raises(ValueError, match=r"needs 3 CPUs .*2 trainer ranks, a separate vLLM engine.* has 2"):
+        check_resources(RayEngineConfig(trainer_ranks=2, placement="separate"), cpus=2, gpus=0)
+    with pytest.raises(ValueError, match="needs 2 GPUs"):
+        check_resources(RayEngineConfig(trainer_ranks=2), cpus=16, gpus=1)
+    check_resources(RayEngineConfig(trainer="local", placement="separate"), cpus=1, gpus=0)
+
+
+def test_vllm_scorers_are_refused_where_a_stage_scores_at_another_temperature():
+    stages = [{"type": "mopd", "prompts": [{"task": "math", "n": 4}], "temperature": 0.7}]
+    engine = {"kind": "ray", "ray": {"scorer": "vllm"}}
+    with pytest.raises(ValueError, match="untempered"):
+        PipelineConfig(stages=stages, engine=engine)
+    PipelineConfig(stages=stages, engine={"kind": "ray"})  # local scorers take any temperature
+    with pytest.raises(ValueError, match="less than or equal to 1"):
+        PipelineConfig(stages=stages, engine={"kind": "ray", "ray": {"vllm": {"tensor_parallel_size": 2}}})

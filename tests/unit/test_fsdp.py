@@ -69,6 +69,12 @@ def _rank(rank: int, world: int, port: int, folder: str, out: str) -> None:
     policy.load_state(Path(out) / "state")  # back one step: the replayed step must be the same step
     record["replayed"] = step()
     replayed = policy.full_state_dict()
+    # one sequence for two ranks: rank 1 has nothing and runs fillers only (no deadlock, no gradient)
+    lonely = [seqs[0]] if rank == 0 else []
+    record["lonely_logprobs"] = policy.logprobs(lonely)
+    lonely_metrics = policy.microbatch_metrics(TrainBatch(lonely, float(sum(seqs[0].mask[1:])), 1.0), "grpo")
+    record["lonely_loss"] = sum(m["loss"] for m in lonely_metrics)
+    policy.optimizer.zero_grad(set_to_none=True)
     if rank == 0:
         record["max_replay_diff"] = max(float((final[k] - replayed[k]).abs().max()) for k in final)
         torch.save(record, Path(out) / "record.pt")
@@ -131,3 +137,40 @@ def test_a_tied_head_is_saved_once(runs):
     with safe_open(runs["root"] / "saved" / "model.safetensors", "pt") as f:
         names = set(f.keys())
     assert "lm_head.weight" not in names and "model.embed_tokens.weight" in names
+
+
+def test_a_rank_without_sequences_runs_fillers_and_scores_nothing(runs):
+    single = runs["single"]
+    seq = _sequences()[0]
+    assert runs["fsdp"]["lonely_logprobs"][0] == pytest.approx(single.logprobs([seq])[0], abs=1e-5)
+    expected = single.forward_backward(TrainBatch([seq], float(sum(seq.mask[1:])), 1.0), "grpo")["loss"]
+    single.optimizer.zero_grad(set_to_none=True)
+    assert runs["fsdp"]["lonely_loss"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_separate_generator_syncs_from_gathered_weights_with_a_tied_head(runs):
+    """A generator beside a remote policy gets ``full_state_dict`` (the tied head left out) and must re-tie."""
+    import copy
+
+    from cascade_rl.engines.local import LocalGenerator
+
+    class Remote:
+        def __init__(self, policy: LocalPolicy) -> None:
+            self.policy = policy
+
+        def full_state_dict(self) -> dict[str, torch.Tensor]:
+            return self.policy.full_state_dict()
+
+    single = runs["single"]
+    assert "lm_head.weight" not in single.full_state_dict()
+    stale, _ = load(str(runs["root"] / "init"), dtype=torch.float32)
+    generator = LocalGenerator(stale)
+    generator.sync(Remote(single), 7)
+    assert generator.version == 7
+    for name, value in single.model.state_dict().items():
+        assert torch.equal(stale.state_dict()[name], value), name
+    assert stale.lm_head.weight is stale.model.embed_tokens.weight
+    with pytest.raises(KeyError, match="missing"):
+        broken = copy.deepcopy(single.full_state_dict())
+        del broken["model.norm.weight"]
+        generator.sync(type("R", (), {"full_state_dict": lambda self: broken})(), 8)
