@@ -24,6 +24,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     (its module fixtures are built once), and modules sharing session fixtures share a worker."""
     for item in items:
         item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(item.path.name, item.nodeid.split("::")[0])))
+
+
 VECTORS = REPO.parent / "shared" / "testdata" / "chat_template_vectors.jsonl"
 
 
