@@ -72,7 +72,7 @@ class VLLMProcess:
         env = {
             **os.environ,
             "OMP_NUM_THREADS": str(threads or torch.get_num_threads()),
-            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+            "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),  # set it to see vLLM's warnings
         }
         with Listener(("127.0.0.1", 0), authkey=authkey) as listener:
             host, port = listener.address
