@@ -256,14 +256,17 @@ class OverlapGenerator(ScriptedGenerator):
 
 
 class WaitingPolicy(RecordingPolicy):
-    """Step s's update returns only once step s + 1's generation has started (or after a timeout)."""
+    """Step s's update returns only once step s + 1's generation has started (or after a timeout); the last
+    step has no next one and does not wait."""
 
-    def __init__(self, generator: OverlapGenerator) -> None:
+    def __init__(self, generator: OverlapGenerator, stage_steps: int) -> None:
         super().__init__()
-        self.generator, self.overlapped = generator, []
+        self.generator, self.stage_steps, self.overlapped = generator, stage_steps, []
 
     def forward_backward(self, batch: TrainBatch, loss: str, config: Mapping[str, Any] | None = None) -> dict:
-        self.overlapped.append(self.generator.started[len(self.calls) + 1].wait(timeout=2.0))
+        step = len(self.calls)
+        has_next = step + 1 < self.stage_steps
+        self.overlapped.append(has_next and self.generator.started[step + 1].wait(timeout=30.0))
         return super().forward_backward(batch, loss, config)
 
 
@@ -272,7 +275,7 @@ def test_asynchronous_rollouts_generate_the_next_step_while_the_learner_trains(t
     stage = stage.model_copy(update={"steps": 4, "save_every": 2, "max_staleness": 1})
     overlap = OverlapGenerator(generator.script)
     backend = FakeBackend(tokenizer, overlap)
-    backend.policy = lambda *a, **k: backend.policies.append(WaitingPolicy(overlap)) or backend.policies[-1]  # type: ignore[method-assign]
+    backend.policy = lambda *a, **k: backend.policies.append(WaitingPolicy(overlap, 4)) or backend.policies[-1]  # type: ignore[method-assign]
     run_rl(stage, backend, "start-model", tmp_path / "run")
     (policy,) = backend.policies
     # every update but the last saw the next step's rollouts start meanwhile, from the previous version
@@ -286,7 +289,7 @@ def test_lockstep_rollouts_never_overlap_the_learner(tokenizer, setup, tmp_path)
     stage, generator, _ = setup
     overlap = OverlapGenerator(generator.script)
     backend = FakeBackend(tokenizer, overlap)
-    backend.policy = lambda *a, **k: backend.policies.append(WaitingPolicy(overlap)) or backend.policies[-1]  # type: ignore[method-assign]
+    backend.policy = lambda *a, **k: backend.policies.append(WaitingPolicy(overlap, 3)) or backend.policies[-1]  # type: ignore[method-assign]
     for event in overlap.started:  # no waiting: the learner would wait 2 s per step for nothing
         event.wait = lambda timeout=None, e=event: e.is_set()  # type: ignore[method-assign]
     run_rl(stage, backend, "start-model", tmp_path / "run")
