@@ -28,18 +28,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from transformers import PreTrainedTokenizerBase
+
+from cascade_rl.engines.base import Generator
 
 PROMPTS, SAMPLES, NEW_TOKENS = 8, 8, 64
 
 
-def _prompts(tokenizer) -> list[list[int]]:
+def _prompts(tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
     from cascade_rl.chat import encode_prompt
 
     questions = [f"Write one sentence about the number {i * 7 + 3}." for i in range(PROMPTS)]
     return [encode_prompt(tokenizer, [{"role": "user", "content": q}], enable_thinking=False) for q in questions]
 
 
-def _rate(generator, prompts, repeats: int) -> float:
+def _rate(generator: Generator, prompts: list[list[int]], repeats: int) -> float:
     from cascade_rl.engines.base import SamplingParams
 
     params = SamplingParams(n=SAMPLES, temperature=1.0, max_new_tokens=NEW_TOKENS, seed=0)

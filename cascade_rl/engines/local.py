@@ -330,7 +330,7 @@ class LocalPolicy(LocalScorer, AdamWTrainer):
         norm = Normalisers(batch.num_tokens, batch.num_sequences)
         self.model.eval()  # dropout off: see the class docstring
         microbatches = self.microbatches(batch.sequences)
-        real_total = self._step_real_tokens(microbatches)
+        real_total = self._step_real_tokens(microbatches) if self.router_aux_coef > 0 else 0  # MoE routers only
         per_mb: list[dict[str, float]] = []
         for mb in microbatches:
             logprobs_SL, entropy_SL, routers = self.forward_SL(

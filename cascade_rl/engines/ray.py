@@ -368,7 +368,9 @@ class RayBackend:
             cpus = 0 if colocated or self.gpus else 1
             dtype = str(self.dtype).removeprefix("torch.")
             actor = _ray().remote(VLLMActor).options(num_cpus=cpus, num_gpus=gpus)
-            self._vllm[key] = ActorEngine(actor.remote(folder, dtype, self.seed, settings, self.vllm_python))
+            engine = ActorEngine(actor.remote(folder, dtype, self.seed, settings, self.vllm_python))
+            engine.holds = folder  # started from it: no reload before the first use
+            self._vllm[key] = engine
         return self._vllm[key]
 
     def generator(self, policy: Policy, *, separate: bool = False) -> Generator:
