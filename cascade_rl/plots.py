@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from cascade_rl.eval.ledger import Ledger
 from cascade_rl.logging import read_metrics
@@ -42,22 +43,55 @@ def ledger_heatmap(ledger: Ledger, path: Path) -> Path:
 
 
 def reward_curves(metrics_files: Mapping[str, Path], path: Path, key: str = "reward") -> Path:
-    """Training reward (per domain when available) against step, one panel per RL stage."""
+    """Training reward per domain against step, one panel per RL stage: each step's value (faint) under
+    its moving average. Stages that log a per-domain reverse KL to their teachers (MOPD) get a second
+    panel below with that KL, the quantity they minimise."""
     plt = _pyplot()
     stages = [(name, read_metrics(f)) for name, f in metrics_files.items() if f.exists()]
     stages = [(n, rows) for n, rows in stages if any(key in r for r in rows)]
-    fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(4 * max(1, len(stages)), 3), squeeze=False)
-    for ax, (name, rows) in zip(axes[0], stages, strict=False):
-        for series, points in _series(rows, key).items():
-            ax.plot([p[0] for p in points], [p[1] for p in points], label=series)
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=7)
+    with_kl = any(_series(rows, KL_KEY) for _, rows in stages)
+    cols = max(1, len(stages))
+    fig, axes = plt.subplots(2 if with_kl else 1, cols, figsize=(4 * cols, 6 if with_kl else 3), squeeze=False)
+    for j, (name, rows) in enumerate(stages):
+        _smoothed_panel(axes[0][j], _series(rows, key), f"{name}: {key}")
+        axes[0][j].set_ylim(-0.02, 1.02)
+        if with_kl:
+            kl = _series(rows, KL_KEY)
+            if kl:
+                _smoothed_panel(axes[1][j], kl, f"{name}: reverse KL to teacher")
+            else:
+                axes[1][j].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+KL_KEY = "reverse_kl"
+
+
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` values (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _smoothed_panel(ax: Any, series: Mapping[str, Sequence[tuple[int, float]]], title: str) -> None:
+    for i, (label, points) in enumerate(sorted(series.items())):
+        steps, values = [p[0] for p in points], [p[1] for p in points]
+        color = f"C{i % 10}"
+        window = max(3, len(values) // 8)
+        ax.plot(steps, values, color=color, alpha=0.25, linewidth=0.8)
+        ax.plot(steps, moving_average(values, window), color=color, linewidth=1.8, label=label)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("step")
+    if series:
+        ax.legend(fontsize=7)
 
 
 def _series(rows: Sequence[Mapping], key: str) -> dict[str, list[tuple[int, float]]]:
@@ -70,16 +104,26 @@ def _series(rows: Sequence[Mapping], key: str) -> dict[str, list[tuple[int, floa
     return dict(out)
 
 
-def comparison_curves(curves: Mapping[str, Sequence[tuple[int, float]]], path: Path, title: str) -> Path:
-    """Held-out score against step for several methods (e.g. MOPD vs GRPO)."""
+def comparison_grid(panels: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], path: Path, title: str) -> Path:
+    """Held-out score against step for several methods (e.g. MOPD vs GRPO), one panel per domain; series
+    named ``teacher`` (dashed) and ``teacher...`` (dotted) are reference lines."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for label, points in curves.items():
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("held-out score")
-    ax.set_title(title)
-    ax.legend(fontsize=7)
+    cols = min(3, max(1, len(panels)))
+    rows = -(-max(1, len(panels)) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (domain, curves) in zip(axes.flat, panels.items(), strict=False):
+        for label, points in curves.items():
+            style: dict[str, Any] = {"marker": "o"}
+            if label.startswith("teacher"):
+                style = {"linestyle": "--" if label == "teacher" else ":", "color": "grey"}
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=label, **style)
+        ax.set_title(domain, fontsize=9)
+        ax.set_xlabel("step")
+        ax.set_ylabel("held-out score")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from cascade_rl.chat import parse_completion
 from cascade_rl.config import DataConfig, EvalConfig
-from cascade_rl.data.build import prompts_for
+from cascade_rl.data.build import prompt_domains, prompts_for
 from cascade_rl.engines.base import Generator, SamplingParams
 from cascade_rl.logging import progress_bar
 from cascade_rl.loops.episodes import Budget, EpisodeRunner
@@ -154,6 +154,13 @@ def evaluate_prompts(
     return [score_groups_of(d, thinking, gs, split) for d, gs in sorted(by_domain.items())]
 
 
+def modes_of(data: DataConfig, config: EvalConfig) -> list[bool]:
+    """The thinking modes a domain is scored in: ``eval.thinking``, narrowed by the domain's own ``thinking``
+    (``off``: direct only, e.g. a domain whose SFT data has no reasoning traces; ``on``: thinking only)."""
+    allowed = {"both": (True, False), "on": (True,), "off": (False,)}[data.thinking]
+    return [t for t in config.thinking if t in allowed]
+
+
 def validation_sets(config: EvalConfig) -> list[DataConfig]:
     """The sets teachers are chosen on: ``config.validation``, else each task domain's validation split."""
     if config.validation is not None:
@@ -161,39 +168,58 @@ def validation_sets(config: EvalConfig) -> list[DataConfig]:
     return [c.model_copy(update={"split": VALIDATION}) for c in config.domains if c.task is not None]
 
 
+@dataclass(frozen=True)
+class EvalJob:
+    """One (domain source, thinking mode, split) of an evaluation."""
+
+    data: DataConfig
+    thinking: bool
+    split: str
+
+    def label(self, scores: Sequence[DomainScore]) -> dict[str, str]:
+        return {f"{s.key}{'' if self.split == TEST else '@val'}": f"{s.avg:.3f}" for s in scores}
+
+
+def eval_jobs(config: EvalConfig, validation: Collection[str] = ()) -> list[EvalJob]:
+    """Every configured held-out domain in each of its modes (test split), then the validation sets of the
+    ``validation`` domains."""
+    jobs = [EvalJob(c, t, TEST) for c in config.domains for t in modes_of(c, config)]
+    if validation:
+        wanted = [c for c in validation_sets(config) if set(prompt_domains([c], VALIDATION)) & set(validation)]
+        jobs += [EvalJob(c, t, VALIDATION) for c in wanted for t in modes_of(c, config)]
+    return jobs
+
+
 def evaluate(
     generator: Generator,
     tokenizer: PreTrainedTokenizerBase,
     config: EvalConfig,
     *,
-    validation: bool = False,
+    validation: Collection[str] = (),
     samples_file: Path | None = None,
     label: str = "eval",
 ) -> list[DomainScore]:
-    """Score every configured held-out domain in every configured thinking mode (test split), and with
-    ``validation`` also the validation sets (``DomainScore.split`` tells them apart)."""
+    """Score every configured held-out domain in every configured thinking mode (test split), and also the
+    validation sets of the ``validation`` domains (``DomainScore.split`` tells them apart)."""
     if samples_file is not None and samples_file.exists():
         samples_file.unlink()  # a re-run replaces, never appends to, an unfinished evaluation
-    jobs = [(c, t, TEST) for c in config.domains for t in config.thinking]
-    if validation:
-        jobs += [(c, t, VALIDATION) for c in validation_sets(config) for t in config.thinking]
+    jobs = eval_jobs(config, validation)
     reward_fn = VerifierReward(workers=config.reward_workers)
     results = []
     with progress_bar(len(jobs), label) as bar:
-        for data, thinking, split in jobs:
-            prompts = prompts_for(data, split)
+        for job in jobs:
             scores = evaluate_prompts(
                 generator,
                 tokenizer,
-                prompts,
+                prompts_for(job.data, job.split),
                 config,
-                thinking,
+                job.thinking,
                 reward_fn=reward_fn,
-                split=split,
+                split=job.split,
                 samples_file=samples_file,
             )
             results.extend(scores)
-            bar.update(**{f"{s.key}{'' if split == TEST else '@val'}": f"{s.avg:.3f}" for s in scores})
+            bar.update(**job.label(scores))
     return results
 
 

@@ -25,11 +25,12 @@ from typing import Any
 
 import yaml
 
-from cascade_rl.config import EvalConfig, MOPDStage, PipelineConfig, RewardModelStage, RLStage, SFTStage, dump_config
+from cascade_rl.config import MOPDStage, PipelineConfig, RewardModelStage, RLStage, SFTStage, dump_config
 from cascade_rl.data.build import prompt_domains
 from cascade_rl.engines.backend import Backend, build_backend, resolve_dtype, tiny_options
 from cascade_rl.eval.ledger import BASE, Ledger, LedgerRow, best_overall, choose_teachers
-from cascade_rl.eval.runner import TEST, evaluate, scores_to_json
+from cascade_rl.eval.parallel import Evaluator, make_evaluator
+from cascade_rl.eval.runner import TEST, scores_to_json
 from cascade_rl.files import write_text_atomic
 from cascade_rl.logging import MetricsLogger, console
 from cascade_rl.loops.common import check_writable, is_finished
@@ -67,30 +68,31 @@ def _check_recipe(config: PipelineConfig, run_dir: Path) -> None:
     dump_config(config, path)
 
 
-def _needs_validation(config: PipelineConfig) -> bool:
-    """Validation sets are scored only when some MOPD stage will choose a teacher from the ledger."""
-    return any(isinstance(s, MOPDStage) for s in config.stages)
+def _validation_domains(config: PipelineConfig, index: int) -> set[str]:
+    """The domains whose validation sets the model of stage ``index`` (-1: the base) is scored on: those a later
+    MOPD stage chooses its teachers for; a model no MOPD stage can pick needs none."""
+    later = [s for s in config.stages[index + 1 :] if isinstance(s, MOPDStage)]
+    return {d for s in later for d in prompt_domains(s.prompts, "rl") if d not in s.teachers}
 
 
 def _evaluate_into(
     ledger: Ledger,
-    backend: Backend,
+    evaluator: Evaluator,
     name: str,
     model_dir: Path,
     config: PipelineConfig,
     stage_dir: Path,
     wall: float,
+    index: int,
 ) -> None:
     """Evaluate a finished model once; the result file makes it idempotent across resumes."""
     result_file = stage_dir / "eval.json"
     if not result_file.is_file():
-        eval_cfg: EvalConfig = config.eval
-        generator = backend.eval_generator(model_dir, eval_cfg.batch_size)
-        scores = evaluate(
-            generator,
-            backend.tokenizer(model_dir),
-            eval_cfg,
-            validation=_needs_validation(config),
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        scores = evaluator.evaluate(
+            model_dir,
+            config.eval,
+            validation=_validation_domains(config, index),
             samples_file=stage_dir / "samples.jsonl",
             label=f"eval:{name}",
         )
@@ -248,10 +250,18 @@ def run_pipeline(config: PipelineConfig, backend: Backend | None = None) -> Pipe
 
 
 def _run_stages(config: PipelineConfig, backend: Backend, run_dir: Path) -> PipelineResult:
+    evaluator = make_evaluator(config.eval, config.engine, config.model, backend)
+    try:
+        return _stages(config, backend, evaluator, run_dir)
+    finally:
+        evaluator.close()
+
+
+def _stages(config: PipelineConfig, backend: Backend, evaluator: Evaluator, run_dir: Path) -> PipelineResult:
     ledger = Ledger.load(run_dir)
     base_dir = _base_model(config, run_dir)
-    if not ledger.has(BASE):
-        _evaluate_into(ledger, backend, BASE, base_dir, config, run_dir / BASE, 0.0)
+    if config.eval.base and not ledger.has(BASE):
+        _evaluate_into(ledger, evaluator, BASE, base_dir, config, run_dir / BASE, 0.0, -1)
         ledger.save(run_dir)
     current, teachers_used, times = base_dir, {}, {}
     for index, stage in enumerate(config.stages):
@@ -268,7 +278,7 @@ def _run_stages(config: PipelineConfig, backend: Backend, run_dir: Path) -> Pipe
         if not is_policy:
             continue
         if not ledger.has(stage.name):
-            _evaluate_into(ledger, backend, stage.name, model_dir, config, stage_dir, times[stage.name])
+            _evaluate_into(ledger, evaluator, stage.name, model_dir, config, stage_dir, times[stage.name], index)
             ledger.save(run_dir)
         current = model_dir
     plots = _plots(config, run_dir, ledger)

@@ -1,0 +1,95 @@
+"""The demo's recipe and its plain-words reading of the ledger; which modes and validation sets are scored."""
+
+from __future__ import annotations
+
+import pytest
+
+from cascade_rl.cli import RECIPES
+from cascade_rl.config import ConfigError, DataConfig, EvalConfig, PipelineConfig, load_config
+from cascade_rl.demo import reading
+from cascade_rl.eval.ledger import Ledger, LedgerRow
+from cascade_rl.eval.runner import modes_of
+from cascade_rl.loops.pipeline import _validation_domains
+from cascade_rl.plots import moving_average
+
+PUBLISHED_ORDER = ["sft", "if_rl", "multi_domain_rl", "mopd", "rlhf", "long_context_rl", "code_rl", "swe_rl"]
+
+
+def _config() -> PipelineConfig:
+    return load_config(
+        {
+            "name": "t",
+            "stages": [
+                {"type": "sft", "name": "sft", "data": [{"task": "math", "n": 10}]},
+                {"type": "rl", "name": "if_rl", "prompts": [{"task": "instruct", "n": 10}]},
+                {"type": "mopd", "name": "mopd", "prompts": [{"task": "math", "n": 10}, {"task": "instruct", "n": 10}]},
+                {"type": "rl", "name": "code_rl", "prompts": [{"task": "code", "n": 10}]},
+            ],
+        }
+    )
+
+
+def test_the_shipped_demo_runs_the_published_order_in_both_modes():
+    config = load_config(RECIPES / "tiny-cascade.yaml")
+    policy_stages = [s.name for s in config.stages if s.type != "reward_model"]
+    assert policy_stages == PUBLISHED_ORDER
+    assert config.eval.thinking == [False, True]
+    # thinking columns exactly for the domains whose SFT data has reasoning traces
+    sft = config.stages[0]
+    traced = {d.task for d in sft.data if d.thinking != "off"}
+    scored_thinking = {d.task for d in config.eval.domains if True in modes_of(d, config.eval)}
+    assert traced == scored_thinking == {"math", "mcqa"}
+    assert {d.task for d in config.eval.domains} >= {"chat", "long_context", "swe_agentless", "swe_agentic", "code"}
+
+
+def test_a_domain_is_scored_in_the_modes_it_allows():
+    both = EvalConfig(thinking=[False, True])
+    assert modes_of(DataConfig(task="math"), both) == [False, True]
+    assert modes_of(DataConfig(task="math", thinking="off"), both) == [False]
+    assert modes_of(DataConfig(task="math", thinking="on"), both) == [True]
+    assert modes_of(DataConfig(task="math", thinking="on"), EvalConfig(thinking=[False])) == []
+
+
+def test_validation_sets_only_for_models_a_later_mopd_stage_can_pick():
+    config = _config()
+    assert _validation_domains(config, -1) == {"math", "instruct"}  # the base, before MOPD
+    assert _validation_domains(config, 1) == {"math", "instruct"}  # if_rl
+    assert _validation_domains(config, 2) == set()  # MOPD itself and later stages are never its teachers
+    assert _validation_domains(config, 3) == set()
+    named = config.model_copy(
+        update={"stages": [*config.stages[:2], config.stages[2].model_copy(update={"teachers": {"math": "/t"}})]}
+    )
+    assert _validation_domains(named, 0) == {"instruct"}  # a named teacher needs no choosing
+
+
+def test_base_as_teacher_needs_the_base_scored():
+    tree = _config().model_dump(mode="json")
+    tree["eval"]["base"] = False
+    tree["stages"][2]["base_as_teacher"] = True
+    with pytest.raises(ConfigError, match="base_as_teacher needs the base model scored"):
+        load_config(tree)
+
+
+def test_reading_states_changes_with_their_noise_and_forgetting():
+    ledger = Ledger()
+    ledger.add(LedgerRow("sft", "s", {"math:direct": 0.50, "instruct:direct": 0.40, "code:direct": 0.60}))
+    errors = {"math:direct": 0.02, "instruct:direct": 0.02, "code:direct": 0.02}
+    ledger.add(
+        LedgerRow("if_rl", "i", {"math:direct": 0.51, "instruct:direct": 0.55, "code:direct": 0.30}, errors=errors)
+    )
+    ledger.add(
+        LedgerRow("mopd", "m", {"math:direct": 0.52, "instruct:direct": 0.50, "code:direct": 0.30}, errors=errors)
+    )
+    ledger.rows[0].errors = dict(errors)
+    text = reading(_config(), ledger)
+    # instruct +0.15 against a noise of 2 * hypot(0.02, 0.02) = 0.057; math +0.01 within it
+    assert "if_rl on its own domains: instruct:direct 0.40->0.55 (+0.15, beyond noise)." in text
+    assert "mopd on its own domains: math:direct 0.51->0.52 (+0.01, within noise)" in text
+    # MOPD vs the best before it: math 0.52 - 0.51, instruct 0.50 - 0.55
+    assert "MOPD vs its teachers' best score (before MOPD): math:direct +0.01, instruct:direct -0.05." in text
+    assert "the largest code:direct (sft -> if_rl, -0.30)" in text
+
+
+def test_moving_average_is_trailing():
+    assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert moving_average([2.0], 5) == [2.0]
