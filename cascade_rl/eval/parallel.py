@@ -1,10 +1,12 @@
 """Evaluations of saved models, in this process or spread over worker processes.
 
 On a CPU, decoding a small model gains little from a second torch thread (measured on the demo's model:
-1.4x from two threads) but nearly 2x from a second process with one thread of its own. With
+1.4x from two threads), less than from a second process with one thread of its own (the demo's whole
+evaluation: 44 s in one process with two threads, 36 s over two single-thread processes). With
 ``eval.processes > 1`` (local engine) an evaluation's jobs (one per domain, mode and split) are handed out to
-that many workers, one torch thread each, which keep their reward pools (sandboxes, verifiers) from one
-evaluation to the next. Scores and the samples file come back in the order one process would write them.
+that many workers, one torch thread each, which verify their own completions (sandboxed code runs in a
+process of its own either way) and keep their loaded model between the jobs of one evaluation. Scores and
+the samples file come back in the order one process would write them.
 """
 
 from __future__ import annotations
@@ -115,7 +117,9 @@ def _run_job(
         _engines[model_dir] = (backend.eval_generator(model_dir, config.batch_size), backend.tokenizer(model_dir))
     generator, tokenizer = _engines[model_dir]
     prompts = prompts_for(job.data, job.split)
-    reward_fn = VerifierReward(workers=config.reward_workers)
+    # Verified here, not in a pool of its own: the evaluation workers are the parallelism, and a pool inside a
+    # pool worker would keep that worker from exiting (multiprocessing joins a child's own children at exit).
+    reward_fn = VerifierReward(workers=0)
     return evaluate_prompts(
         generator, tokenizer, prompts, config, job.thinking, reward_fn=reward_fn, split=job.split, samples_file=part
     )
