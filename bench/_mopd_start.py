@@ -10,6 +10,7 @@ clearly below that run's teachers.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cascade_rl.config import PipelineConfig, SFTStage, load_config
@@ -19,23 +20,30 @@ from cascade_rl.loops.pipeline import RecipeMismatchError, run_pipeline
 from cascade_rl.loops.sft import run_sft
 
 
-def ensure_run(run: Path, recipe: Path) -> None:
-    """Train the run folder with ``recipe`` unless it already holds a finished run (resuming a partial one)."""
-    if (run / "ledger.json").is_file() and (run / "recipe.yaml").is_file() and _finished(run):
+def ensure_run(run: Path, recipe: Path, root: Path) -> None:
+    """Train the run folder with ``recipe`` unless it already holds a finished run; a partial one resumes.
+
+    The pipeline runs from ``root`` (the repository), so the demo's own folder (``runs/tiny-cascade``, the
+    recipe's ``output_dir``) is the same run ``make demo`` writes and resumes; any other folder is passed as
+    the recipe's ``output_dir``."""
+    if (run / "recipe.yaml").is_file() and _finished(run, load_config(run / "recipe.yaml")):
         return
-    config = load_config(recipe, [f"output_dir={run}"])
+    config = load_config(recipe)
+    if (root / config.output_dir).resolve() != run.resolve():
+        config = load_config(recipe, [f"output_dir={run}"])
     print(f"{run} holds no finished run: training it with {recipe} (resumes if interrupted) ...", flush=True)
+    previous = Path.cwd()
+    os.chdir(root)
     try:
         run_pipeline(config)
     except RecipeMismatchError as exc:
         raise SystemExit(f"{exc}; pass --run with another folder") from None
+    finally:
+        os.chdir(previous)
 
 
-def _finished(run: Path) -> bool:
-    from cascade_rl.loops.pipeline import stage_dir_of
-
-    config = load_config(run / "recipe.yaml")
-    return all(is_finished(stage_dir_of(config, i) / "model") for i in range(len(config.stages)))
+def _finished(run: Path, config: PipelineConfig) -> bool:
+    return all(is_finished(run / "stages" / f"{i:02d}-{s.name}" / "model") for i, s in enumerate(config.stages))
 
 
 def early_sft(run: Path, config: PipelineConfig, steps: int, backend: LocalBackend) -> Path:

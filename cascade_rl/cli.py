@@ -303,7 +303,9 @@ def demo(
     recipe: Annotated[Path, typer.Option(help="recipe file or shipped recipe name")] = Path("tiny-cascade"),
     overrides: Overrides = None,
 ) -> None:
-    """The miniature Nemotron-Cascade 2 on procedural domains, end to end on a laptop CPU."""
+    """The miniature Nemotron-Cascade 2, end to end on a laptop CPU: SFT, then IF-RL, multi-domain RL, MOPD,
+    RLHF, long-context, code and SWE RL, every domain evaluated after every stage (both thinking modes
+    where the SFT data has reasoning traces), and a plain-words reading of the ledger."""
     from cascade_rl.demo import run_demo
 
     started = time.perf_counter()
