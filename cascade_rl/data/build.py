@@ -15,6 +15,11 @@ from cascade_rl.logging import console
 from cascade_rl.types import Prompt
 
 
+def thinking_modes(config: DataConfig) -> tuple[bool, ...]:
+    """The thinking modes a source's ``thinking`` field allows (SFT variants; evaluation modes)."""
+    return {"both": (True, False), "on": (True,), "off": (False,)}[config.thinking]
+
+
 def task_options(config: DataConfig) -> dict[str, int]:
     """The data entry's task options (only the ones it sets)."""
     return {} if config.context_length is None else {"context_length": config.context_length}
@@ -22,7 +27,7 @@ def task_options(config: DataConfig) -> dict[str, int]:
 
 def _task_records(config: DataConfig) -> tuple[list[Record], SourceStats]:
     assert config.task is not None
-    modes = {"both": (True, False), "on": (True,), "off": (False,)}[config.thinking]
+    modes = thinking_modes(config)
     split = config.split or "sft"  # disjoint from the RL prompts, validation and test sets
     problems = make_split(
         config.task, split, config.n, seed=config.seed, difficulty=config.difficulty, **task_options(config)

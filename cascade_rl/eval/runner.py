@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from cascade_rl.chat import parse_completion
 from cascade_rl.config import DataConfig, EvalConfig
-from cascade_rl.data.build import prompt_domains, prompts_for
+from cascade_rl.data.build import prompt_domains, prompts_for, thinking_modes
 from cascade_rl.engines.base import Generator, SamplingParams
 from cascade_rl.logging import progress_bar
 from cascade_rl.loops.episodes import Budget, EpisodeRunner
@@ -157,8 +157,7 @@ def evaluate_prompts(
 def modes_of(data: DataConfig, config: EvalConfig) -> list[bool]:
     """The thinking modes a domain is scored in: ``eval.thinking``, narrowed by the domain's own ``thinking``
     (``off``: direct only, e.g. a domain whose SFT data has no reasoning traces; ``on``: thinking only)."""
-    allowed = {"both": (True, False), "on": (True,), "off": (False,)}[data.thinking]
-    return [t for t in config.thinking if t in allowed]
+    return [t for t in config.thinking if t in thinking_modes(data)]
 
 
 def validation_sets(config: EvalConfig) -> list[DataConfig]:
