@@ -14,7 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Collection, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,14 +71,20 @@ class ProcessEvaluator:
             self._pool.submit(_run_job, self.engine, self.model, str(model_dir), config, job, part): job
             for job, part in zip(jobs, parts, strict=True)
         }
-        with progress_bar(len(jobs), label) as bar:
-            for future in as_completed(futures):
-                bar.update(**futures[future].label(future.result()))
-        with samples_file.open("w", encoding="utf-8") as out:
+        try:
+            with progress_bar(len(jobs), label) as bar:
+                for future in as_completed(futures):
+                    bar.update(**futures[future].label(future.result()))
+            with samples_file.open("w", encoding="utf-8") as out:
+                for part in parts:
+                    if part.exists():
+                        out.write(part.read_text(encoding="utf-8"))
+        finally:
+            for future in futures:
+                future.cancel()  # a failed job ends the evaluation: the queued ones need not run
+            wait(futures)  # and the running ones must stop writing before their parts are removed
             for part in parts:
-                if part.exists():
-                    out.write(part.read_text(encoding="utf-8"))
-                    part.unlink()
+                part.unlink(missing_ok=True)
         return [score for future in futures for score in future.result()]
 
     def close(self) -> None:

@@ -65,3 +65,16 @@ def test_processes_only_for_the_local_engine(model_dir):
     evaluator = make_evaluator(_config(processes=2), EngineConfig(), model, backend)
     assert isinstance(evaluator, ProcessEvaluator)
     evaluator.close()
+
+
+def test_a_failed_job_fails_the_evaluation_and_leaves_no_partial_samples(model_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"no_prompt": 1}\n')
+    config = EvalConfig(domains=[DataConfig(task="math", n=3), DataConfig(path=str(bad))], samples=1, max_new_tokens=4)
+    evaluator = ProcessEvaluator(2, EngineConfig(), ModelConfig(spec=str(model_dir)))
+    try:
+        with pytest.raises(Exception, match=r"bad\.jsonl"):
+            evaluator.evaluate(model_dir, config, validation=set(), samples_file=tmp_path / "s.jsonl", label="eval")
+    finally:
+        evaluator.close()
+    assert not list(tmp_path.glob("s.jsonl*"))  # neither the merged file nor the finished job's part
