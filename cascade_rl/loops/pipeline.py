@@ -70,8 +70,9 @@ def _check_recipe(config: PipelineConfig, run_dir: Path) -> None:
 
 def _validation_domains(config: PipelineConfig, index: int) -> set[str]:
     """The domains whose validation sets the model of stage ``index`` (-1: the base) is scored on: those a later
-    MOPD stage chooses its teachers for; a model no MOPD stage can pick needs none."""
-    later = [s for s in config.stages[index + 1 :] if isinstance(s, MOPDStage)]
+    MOPD stage chooses its teachers for; a model no MOPD stage can pick (the base, unless ``base_as_teacher``)
+    needs none."""
+    later = [s for s in config.stages[index + 1 :] if isinstance(s, MOPDStage) and (index >= 0 or s.base_as_teacher)]
     return {d for s in later for d in prompt_domains(s.prompts, "rl") if d not in s.teachers}
 
 

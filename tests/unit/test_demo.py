@@ -52,7 +52,7 @@ def test_a_domain_is_scored_in_the_modes_it_allows():
 
 def test_validation_sets_only_for_models_a_later_mopd_stage_can_pick():
     config = _config()
-    assert _validation_domains(config, -1) == {"math", "instruct"}  # the base, before MOPD
+    assert _validation_domains(config, -1) == set()  # the base is no teacher by default
     assert _validation_domains(config, 1) == {"math", "instruct"}  # if_rl
     assert _validation_domains(config, 2) == set()  # MOPD itself and later stages are never its teachers
     assert _validation_domains(config, 3) == set()
@@ -60,6 +60,10 @@ def test_validation_sets_only_for_models_a_later_mopd_stage_can_pick():
         update={"stages": [*config.stages[:2], config.stages[2].model_copy(update={"teachers": {"math": "/t"}})]}
     )
     assert _validation_domains(named, 0) == {"instruct"}  # a named teacher needs no choosing
+    with_base = config.model_copy(
+        update={"stages": [*config.stages[:2], config.stages[2].model_copy(update={"base_as_teacher": True})]}
+    )
+    assert _validation_domains(with_base, -1) == {"math", "instruct"}
 
 
 def test_base_as_teacher_needs_the_base_scored():
@@ -93,3 +97,11 @@ def test_reading_states_changes_with_their_noise_and_forgetting():
 def test_moving_average_is_trailing():
     assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert moving_average([2.0], 5) == [2.0]
+
+
+def test_the_smollm2_cascade_scores_enough_prompts_and_never_distils_from_the_base():
+    config = load_config(RECIPES / "smollm2-cascade.yaml")
+    assert min(d.n for d in config.eval.domains) >= 200  # one greedy score's standard error <= 0.03
+    mopd = [s for s in config.stages if s.type == "mopd"]
+    assert mopd and not any(s.base_as_teacher for s in mopd)
+    assert sum(s.type == "rl" for s in config.stages) >= 2
