@@ -464,15 +464,23 @@ class LocalGenerator:
         logprobs = torch.zeros(rows, params.max_new_tokens, device=dev)
         done = torch.zeros(rows, dtype=torch.bool, device=dev)
         lengths = torch.full((rows,), params.max_new_tokens, device=dev)
+        live = torch.arange(rows, device=dev)  # the batch row of each row still in the decode state
         for t in range(params.max_new_tokens):
-            nxt, lp = sample_next(state.logits.float(), params, gen)
-            nxt = torch.where(done, self.pad_id, nxt)
-            tokens[:, t], logprobs[:, t] = nxt, lp
-            newly = ~done & torch.isin(nxt, stop)
-            lengths = torch.where(newly, t + 1, lengths)
-            done |= newly
+            points = torch.rand(rows, generator=gen, device=dev)  # one per batch row, whatever has finished
+            nxt, lp = sample_next(state.logits.float(), params, points[live])
+            stale = done[live]  # finished rows not yet dropped from the decode state
+            nxt = torch.where(stale, self.pad_id, nxt)
+            tokens[live, t], logprobs[live, t] = nxt, lp
+            newly = ~stale & torch.isin(nxt, stop)
+            lengths[live[newly]] = t + 1
+            done[live[newly]] = True
             if bool(done.all()) or t + 1 == params.max_new_tokens:
                 break
+            stale = done[live]
+            # Finished rows leave the decode state once they are a quarter of it: each step then costs
+            # what the rows still sampling need, and the cache is copied at most ~log(rows) / log(4/3) times.
+            if 4 * int(stale.sum()) >= len(live) and self._keep_rows(state, (~stale).nonzero().squeeze(1)):
+                live, nxt = live[~stale], nxt[~stale]
             self._step(state, nxt)
         token_rows, logprob_rows = tokens.tolist(), logprobs.tolist()
         return [
@@ -484,6 +492,18 @@ class LocalGenerator:
             )
             for r, (n, finished) in enumerate(zip(lengths.tolist(), done.tolist(), strict=True))
         ]
+
+    def _keep_rows(self, state: _Decoding, keep: torch.Tensor) -> bool:
+        """Drop every decode row but ``keep`` from ``state``; False (state untouched) for a cache that cannot."""
+        if not self._copy_cache_rows:
+            return False
+        try:
+            state.cache.reorder_cache(keep)
+        except (AttributeError, NotImplementedError):
+            self._copy_cache_rows = False
+            return False
+        state.attention, state.position = state.attention[keep], state.position[keep]
+        return True
 
     def _prefill(self, prompts: Sequence[list[int]]) -> _Decoding:
         """Run the prompts through the model. A prompt's n rows are adjacent, so each distinct prompt

@@ -12,9 +12,13 @@ from cascade_rl.engines.base import SamplingParams
 
 
 def sample_next(
-    logits_BV: torch.Tensor, params: SamplingParams, gen: torch.Generator
+    logits_BV: torch.Tensor, params: SamplingParams, point_B: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row; return it and its log-prob under the (tempered, truncated) distribution."""
+    """Sample one token per row; return it and its log-prob under the (tempered, truncated) distribution.
+
+    ``point_B`` holds one uniform draw in [0, 1) per row (unused when greedy): the caller draws them, so a
+    row's token does not depend on which other rows share the batch.
+    """
     if params.temperature == 0:
         logp = torch.log_softmax(logits_BV, -1)
         token = logp.argmax(-1)
@@ -30,13 +34,13 @@ def sample_next(
         drop_sorted = (cumulative - torch.softmax(sorted_scores, -1)) >= params.top_p
         scores = scores.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
     logp = torch.log_softmax(scores, -1)
-    token = inverse_cdf_sample(logp.exp(), gen)
+    token = inverse_cdf_sample(logp.exp(), point_B)
     return token, logp.gather(-1, token[:, None]).squeeze(-1)
 
 
-def inverse_cdf_sample(probs_BV: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def inverse_cdf_sample(probs_BV: torch.Tensor, point_B: torch.Tensor) -> torch.Tensor:
     """One draw per row from ``probs`` (rows need not be normalised): the first token whose cumulative
-    mass exceeds a uniform point of the row's total.
+    mass exceeds the row's uniform ``point_B`` (in [0, 1)) times the row's total.
 
     Same distribution as ``torch.multinomial(probs, 1)``, but one uniform per row instead of
     multinomial's per-call setup, which dominated small decode steps. Tokens of probability 0 are
@@ -44,7 +48,7 @@ def inverse_cdf_sample(probs_BV: torch.Tensor, gen: torch.Generator) -> torch.Te
     """
     cdf = probs_BV.cumsum(-1)
     total = cdf[:, -1:].contiguous()
-    point = torch.rand(total.shape, generator=gen, device=cdf.device, dtype=cdf.dtype) * total
+    point = point_B.to(cdf.dtype)[:, None] * total
     token = torch.searchsorted(cdf, point, right=True)
     # point can round up to the total itself, and searching past the end would pick a tail token of
     # probability 0; the first index that reaches the total is one where the CDF rises (mass > 0).

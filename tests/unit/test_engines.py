@@ -98,36 +98,57 @@ def test_each_prompt_is_prefilled_once(family_model, batch_size, monkeypatch):
     assert not fallback._copy_cache_rows
 
 
+def test_finished_rows_leave_the_decode_batch_without_changing_any_sample(family_model, monkeypatch):
+    """Rows that stopped are dropped from the cache as the batch thins out; every row's tokens are what the
+    full batch would have sampled, since each row's uniform draw does not depend on the batch."""
+    _, model, tok = family_model
+    # Half the vocabulary stops a row: rows finish at many different steps.
+    params = SamplingParams(n=3, max_new_tokens=10, stop_token_ids=tuple(range(300)), seed=5)
+    kept: list[int] = []
+    real_keep = LocalGenerator._keep_rows
+
+    def spy(self, state, keep):
+        kept.append(len(keep))
+        return real_keep(self, state, keep)
+
+    monkeypatch.setattr(LocalGenerator, "_keep_rows", spy)
+    prompts = _prompts(tok)
+    tokens, logprobs = _tokens_and_logprobs(LocalGenerator(model, batch_size=16).generate(prompts, params))
+    assert kept and min(kept) < 15  # the batch of 15 rows shrank
+    assert sorted({len(t) for g in tokens for t in g}) != [10]  # rows stopped at different steps
+    monkeypatch.setattr(LocalGenerator, "_keep_rows", lambda self, state, keep: False)
+    tokens_ref, logprobs_ref = _tokens_and_logprobs(LocalGenerator(model, batch_size=16).generate(prompts, params))
+    assert tokens == tokens_ref
+    assert max(abs(a - b) for a, b in zip(logprobs, logprobs_ref, strict=True)) < 1e-5
+
+
 def test_inverse_cdf_sampling_follows_the_distribution():
     probs = torch.tensor([0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
-    gen = torch.Generator().manual_seed(0)
-    draws = inverse_cdf_sample(probs.expand(40_000, -1), gen)
+    draws = inverse_cdf_sample(probs.expand(40_000, -1), torch.rand(40_000, generator=torch.Generator().manual_seed(0)))
     freq = torch.bincount(draws, minlength=6).float() / len(draws)
     assert float((freq - probs).abs().max()) < 0.01  # ~4 standard errors
     assert freq[1] == 0 and freq[5] == 0  # zero-probability tokens are never drawn
-    again = inverse_cdf_sample(probs.expand(40_000, -1), torch.Generator().manual_seed(0))
-    assert torch.equal(draws, again)
+    # The point is the fraction of the row's total mass: cumulative [0.5, 0.5, 0.8, 0.95, 1.0, 1.0]
+    assert inverse_cdf_sample(probs.expand(4, -1), torch.tensor([0.0, 0.49, 0.5, 0.96])).tolist() == [0, 0, 2, 4]
 
 
-def test_inverse_cdf_sampling_at_the_top_of_the_cdf(monkeypatch):
+def test_inverse_cdf_sampling_at_the_top_of_the_cdf():
     """A uniform point that rounds up to the total mass still lands on a token with mass, not the zero tail."""
     probs = torch.tensor([[0.25, 0.75, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
-    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.ones(shape, dtype=kw.get("dtype")))
-    assert inverse_cdf_sample(probs, torch.Generator()).tolist() == [1, 0]
-    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.zeros(shape, dtype=kw.get("dtype")))
-    assert inverse_cdf_sample(probs[:, [2, 0, 1, 3]], torch.Generator()).tolist() == [1, 1]
+    assert inverse_cdf_sample(probs, torch.ones(2)).tolist() == [1, 0]
+    assert inverse_cdf_sample(probs[:, [2, 0, 1, 3]], torch.zeros(2)).tolist() == [1, 1]
 
 
 def test_sampling_filters():
     logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(50):
-        token, _ = sample_next(logits, SamplingParams(top_k=2), gen)
+    points = torch.rand(50, 1, generator=torch.Generator().manual_seed(0))
+    for point in points:
+        token, _ = sample_next(logits, SamplingParams(top_k=2), point)
         assert int(token) in (0, 1)
     # top_p 0.5: p = softmax = [0.61, 0.22, 0.14, 0.03] -> only token 0 is needed to reach 0.5
-    token, logprob = sample_next(logits, SamplingParams(top_p=0.5), gen)
+    token, logprob = sample_next(logits, SamplingParams(top_p=0.5), torch.tensor([0.99]))
     assert int(token) == 0 and float(logprob) == pytest.approx(0.0)
-    token, logprob = sample_next(logits, SamplingParams(temperature=0), gen)
+    token, logprob = sample_next(logits, SamplingParams(temperature=0), torch.tensor([0.99]))
     assert int(token) == 0 and float(logprob) == pytest.approx(float(torch.log_softmax(logits, -1)[0, 0]))
 
 
