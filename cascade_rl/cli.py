@@ -90,7 +90,8 @@ def _print_result(result) -> None:  # noqa: ANN001
         for stage, chosen in result.teachers.items():
             for domain, path in chosen["domains"].items():
                 console.print(f"  {stage}: {domain} <- {path}", highlight=False, soft_wrap=True)
-    console.print("\nstage wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in result.stage_times.items()))
+    if result.stage_times:
+        console.print("\nstage wall time: " + ", ".join(f"{k} {v:.0f}s" for k, v in result.stage_times.items()))
     for plot in result.plots:
         console.print(f"plot: {plot}", highlight=False, soft_wrap=True)
     console.print(f"final model (Hugging Face folder): {result.final_model}", highlight=False, soft_wrap=True)

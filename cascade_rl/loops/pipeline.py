@@ -4,7 +4,8 @@ Run folder::
 
     recipe.yaml              the resolved recipe (every default explicit)
     base/model               the starting model as an HF folder
-    stages/NN-name/          checkpoints/, metrics.jsonl, model/ (the stage's output), eval.json, samples.jsonl
+    stages/NN-name/          checkpoints/, metrics.jsonl, model/ (the stage's output), eval.json, samples.jsonl,
+                             wall_time.txt (seconds the run that finished the stage spent on it)
     ledger.json / ledger.md  stage x domain scores, best checkpoint per domain, forgetting
     teachers.json            MOPD teachers chosen from the ledger
     plots/                   ledger heatmap, reward curves
@@ -40,6 +41,8 @@ from cascade_rl.loops.rl import run_rl
 from cascade_rl.loops.sft import run_sft
 from cascade_rl.plots import ledger_heatmap, reward_curves
 
+STAGE_TIME = "wall_time.txt"
+
 
 class RecipeMismatchError(RuntimeError):
     """A run folder that holds a different recipe than the one asked to resume."""
@@ -52,7 +55,7 @@ class PipelineResult:
     run_dir: Path
     teachers: dict[str, dict[str, str]]
     plots: list[Path]
-    stage_times: dict[str, float]
+    stage_times: dict[str, float]  # seconds per stage, from the run that finished it (none recorded: absent)
 
 
 def _check_recipe(config: PipelineConfig, run_dir: Path) -> None:
@@ -269,17 +272,21 @@ def _stages(config: PipelineConfig, backend: Backend, evaluator: Evaluator, run_
         stage_dir = stage_dir_of(config, index)
         model_dir = stage_dir / "model"
         runner, is_policy = STAGE_RUNNERS[stage.type]
-        started = time.perf_counter()
+        timing = stage_dir / STAGE_TIME
         if not is_finished(model_dir):
             console.rule(f"stage {index + 1}/{len(config.stages)}: {stage.name} ({stage.type})")
+            started = time.perf_counter()
             with MetricsLogger(stage_dir) as logger:
                 ctx = StageContext(index, stage_dir, current, config, ledger, backend, teachers_used, logger)
                 runner(resolve_stage_refs(stage, config), ctx)
-        times[stage.name] = time.perf_counter() - started
+            write_text_atomic(timing, f"{time.perf_counter() - started:.3f}\n")
+        if timing.is_file():  # a stage finished by an earlier run reports that run's time
+            times[stage.name] = float(timing.read_text())
         if not is_policy:
             continue
         if not ledger.has(stage.name):
-            _evaluate_into(ledger, evaluator, stage.name, model_dir, config, stage_dir, times[stage.name], index)
+            wall = times.get(stage.name, 0.0)
+            _evaluate_into(ledger, evaluator, stage.name, model_dir, config, stage_dir, wall, index)
             ledger.save(run_dir)
         current = model_dir
     plots = _plots(config, run_dir, ledger)

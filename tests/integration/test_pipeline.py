@@ -68,7 +68,8 @@ RECIPE = {
 }
 
 SCRIPT = """
-import os, signal, sys, torch
+import json, os, signal, sys, torch
+from pathlib import Path
 torch.set_num_threads(1)
 from cascade_rl.config import load_config
 from cascade_rl.loops import common
@@ -84,7 +85,8 @@ if len(sys.argv) > 2:  # kill -9 this process right after the named checkpoint i
         return path
 
     common.save_checkpoint = save_then_die
-run_pipeline(load_config(sys.argv[1]))
+result = run_pipeline(load_config(sys.argv[1]))
+Path(sys.argv[1]).with_suffix(".times.json").write_text(json.dumps(result.stage_times))
 """
 
 
@@ -122,8 +124,13 @@ def test_killed_pipeline_resumes_to_the_same_ledger(tmp_path):
     assert not (tmp_path / "killed" / "stages" / "01-mcqa_rl" / "model").exists()  # killed mid-stage
     assert json.loads((tmp_path / "killed" / "ledger.json").read_text())["rows"][-1]["stage"] == "sft"
 
+    recorded = json.loads((tmp_path / "killed" / "ledger.json").read_text())["rows"][-1]["wall_time"]
     proc = _run(killed)
     assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-3000:]
+    # the resumed run reports the SFT time of the run that finished it, not the 0 s it spent skipping it
+    times = json.loads(killed.with_suffix(".times.json").read_text())
+    assert list(times) == ["sft", "mcqa_rl", "mopd"] and min(times.values()) > 0
+    assert times["sft"] == pytest.approx(recorded, abs=1e-3)
     a, b = _ledger(tmp_path / "straight"), _ledger(tmp_path / "killed")
     assert [r["stage"] for r in a["rows"]] == ["base", "sft", "mcqa_rl", "mopd"]
     assert a == b
