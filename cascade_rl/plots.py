@@ -42,25 +42,27 @@ def ledger_heatmap(ledger: Ledger, path: Path) -> Path:
     return path
 
 
-def reward_curves(metrics_files: Mapping[str, Path], path: Path, key: str = "reward") -> Path:
+def reward_curves(metrics_files: Mapping[str, Path], path: Path, key: str = "reward", columns: int = 4) -> Path:
     """Training reward per domain against step, one panel per RL stage: each step's value (faint) under
-    its moving average. Stages that log a per-domain reverse KL to their teachers (MOPD) get a second
-    panel below with that KL, the quantity they minimise."""
+    its moving average. A stage that logs a per-domain reverse KL to its teachers (MOPD) gets a second
+    panel right after it with that KL, the quantity it minimises. Panels wrap after ``columns``."""
     plt = _pyplot()
-    stages = [(name, read_metrics(f)) for name, f in metrics_files.items() if f.exists()]
-    stages = [(n, rows) for n, rows in stages if any(key in r for r in rows)]
-    with_kl = any(_series(rows, KL_KEY) for _, rows in stages)
-    cols = max(1, len(stages))
-    fig, axes = plt.subplots(2 if with_kl else 1, cols, figsize=(4 * cols, 6 if with_kl else 3), squeeze=False)
-    for j, (name, rows) in enumerate(stages):
-        _smoothed_panel(axes[0][j], _series(rows, key), f"{name}: {key}")
-        axes[0][j].set_ylim(-0.02, 1.02)
-        if with_kl:
-            kl = _series(rows, KL_KEY)
-            if kl:
-                _smoothed_panel(axes[1][j], kl, f"{name}: reverse KL to teacher")
-            else:
-                axes[1][j].axis("off")
+    panels: list[tuple[str, dict[str, list[tuple[int, float]]], bool]] = []  # (title, series, is a reward)
+    for name, file in metrics_files.items():
+        rows = read_metrics(file) if file.exists() else []
+        if any(key in r for r in rows):
+            panels.append((f"{name}: {key}", _series(rows, key), True))
+            if kl := _series(rows, KL_KEY):
+                panels.append((f"{name}: reverse KL to teacher", kl, False))
+    cols = max(1, min(columns, len(panels)))
+    grid = max(1, -(-len(panels) // cols))
+    fig, axes = plt.subplots(grid, cols, figsize=(4 * cols, 3 * grid), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (title, series, is_reward) in zip(axes.flat, panels, strict=False):
+        _smoothed_panel(ax, series, title)
+        if is_reward:
+            ax.set_ylim(-0.02, 1.02)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

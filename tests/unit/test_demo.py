@@ -10,7 +10,7 @@ from cascade_rl.demo import reading
 from cascade_rl.eval.ledger import Ledger, LedgerRow
 from cascade_rl.eval.runner import modes_of
 from cascade_rl.loops.pipeline import _validation_domains
-from cascade_rl.plots import moving_average
+from cascade_rl.plots import moving_average, reward_curves
 
 PUBLISHED_ORDER = ["sft", "if_rl", "multi_domain_rl", "mopd", "rlhf", "long_context_rl", "code_rl", "swe_rl"]
 
@@ -97,6 +97,23 @@ def test_reading_states_changes_with_their_noise_and_forgetting():
 def test_moving_average_is_trailing():
     assert moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert moving_average([2.0], 5) == [2.0]
+
+
+def test_reward_curves_wrap_after_four_panels_with_the_kl_beside_its_stage(tmp_path):
+    import json
+
+    from matplotlib.image import imread
+
+    files = {}
+    for name in ("if_rl", "multi", "mopd", "code_rl"):  # 4 stages, and MOPD's KL: 5 panels, so a second row
+        rows = [{"step": s, "reward": 0.5, "reward/math": 0.1 * s} for s in (1, 2, 3)]
+        if name == "mopd":
+            rows = [dict(r, **{"reverse_kl/math": 3.0 - 0.1 * r["step"]}) for r in rows]
+        files[name] = tmp_path / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    files["missing"] = tmp_path / "missing.jsonl"  # a stage that never logged is left out
+    height, width = imread(reward_curves(files, tmp_path / "curves.png")).shape[:2]
+    assert (width, height) == (4 * 4 * 110, 2 * 3 * 110)  # 4 columns x 2 rows of 4 x 3 inch panels at 110 dpi
 
 
 def test_the_smollm2_cascade_scores_enough_prompts_and_never_distils_from_the_base():
