@@ -479,6 +479,8 @@ class LocalGenerator:
             stale = done[live]
             # Finished rows leave the decode state once they are a quarter of it: each step then costs
             # what the rows still sampling need, and the cache is copied at most ~log(rows) / log(4/3) times.
+            # The rows left sample what they would have in the full batch, up to floating-point effects of
+            # the batch size on the kernels (rare flips of near-tied tokens).
             if 4 * int(stale.sum()) >= len(live) and self._keep_rows(state, (~stale).nonzero().squeeze(1)):
                 live, nxt = live[~stale], nxt[~stale]
             self._step(state, nxt)
@@ -494,7 +496,8 @@ class LocalGenerator:
         ]
 
     def _keep_rows(self, state: _Decoding, keep: torch.Tensor) -> bool:
-        """Drop every decode row but ``keep`` from ``state``; False (state untouched) for a cache that cannot."""
+        """Drop every decode row but ``keep`` from ``state``. False for a cache kind without row reordering (the
+        base ``Cache`` raises before it changes anything); the rows then stay, as they did before compaction."""
         if not self._copy_cache_rows:
             return False
         try:
