@@ -279,8 +279,9 @@ def _stages(config: PipelineConfig, backend: Backend, evaluator: Evaluator, run_
             with MetricsLogger(stage_dir) as logger:
                 ctx = StageContext(index, stage_dir, current, config, ledger, backend, teachers_used, logger)
                 runner(resolve_stage_refs(stage, config), ctx)
-            write_text_atomic(timing, f"{time.perf_counter() - started:.3f}\n")
-        if timing.is_file():  # a stage finished by an earlier run reports that run's time
+            times[stage.name] = time.perf_counter() - started
+            write_text_atomic(timing, f"{times[stage.name]:.3f}\n")
+        elif timing.is_file():  # a stage finished by an earlier run reports that run's time
             times[stage.name] = float(timing.read_text())
         if not is_policy:
             continue
